@@ -1,0 +1,3 @@
+from selu_lightning.cli import main
+
+main()

@@ -1,0 +1,128 @@
+"""RL4VLM's action space: the model writes chain-of-thought, then ``"action": ...``; PPO on the text."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from selu_lightning.action_spaces.base import ActionSpace, Decision, Evaluation
+from selu_lightning.action_spaces.parsing import action_boundary, parse_action
+from selu_lightning.policy.vlm import PromptSample, VLMPolicy
+
+__all__ = ["TextActionSpace", "token_weights"]
+
+DEFAULT_TEMPLATE = (
+    "{task}\n{state}\nLegal actions: {actions}\n"
+    'First think step by step, then answer in JSON: {{"thoughts": "<your reasoning>", "action": "<one legal action>"}}'
+)
+
+
+def token_weights(prefix_lengths: Sequence[int], boundary: int | None, cot_weight: float) -> torch.Tensor:
+    """Per-token weight: ``cot_weight`` for chain-of-thought tokens, 1 for action tokens.
+
+    ``prefix_lengths[k]`` is the length in characters of the decoded text of tokens ``0..k``. A token is an
+    action token if any of its characters lies at or after the boundary. With no ``action`` field the whole
+    response is chain-of-thought (the env action was then a random fallback, not something the text chose).
+    """
+    ends = torch.as_tensor(list(prefix_lengths), dtype=torch.long)
+    if boundary is None:
+        return torch.full(ends.shape, float(cot_weight))
+    weights = torch.full(ends.shape, float(cot_weight))
+    weights[ends > boundary] = 1.0
+    return weights
+
+
+class TextActionSpace(ActionSpace):
+    """``log pi = cot_weight * sum log p(CoT tokens) + sum log p(action tokens)``, logits / temperature."""
+
+    def __init__(
+        self,
+        temperature: float = 0.2,
+        max_new_tokens: int = 256,
+        cot_weight: float = 0.5,
+        template: str = DEFAULT_TEMPLATE,
+        with_image: bool = True,
+    ) -> None:
+        """
+        Args:
+            temperature: Sampling temperature; log-probs use the same tempered distribution.
+            max_new_tokens: Longest response; a response cut here usually fails to parse.
+            cot_weight: RL4VLM's lambda, the weight of chain-of-thought tokens in the log-prob (0.5 cards,
+                0.2 ALFWorld). 1 treats every token alike; 0 ignores the reasoning.
+            template: Prompt text with ``{task}``, ``{state}``, ``{goal}``, ``{actions}`` fields.
+            with_image: Put the frame in the prompt.
+        """
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0 (got {temperature}); greedy decoding is used for evaluation")
+        self.temperature = temperature
+        self.max_new_tokens = max_new_tokens
+        self.cot_weight = cot_weight
+        self.template = template
+        self.with_image = with_image
+
+    def prompt_text(self, task: str, state: str, goal: str, legal_actions: Sequence[str]) -> str:
+        return self.template.format(task=task, state=state, goal=goal, actions=", ".join(legal_actions))
+
+    @torch.no_grad()
+    def act(
+        self,
+        policy: VLMPolicy,
+        prompts: Sequence[PromptSample],
+        legal_actions: Sequence[Sequence[str]],
+        *,
+        greedy: bool,
+        rng: np.random.Generator,
+    ) -> list[Decision]:
+        responses = policy.generate(
+            prompts, max_new_tokens=self.max_new_tokens, temperature=self.temperature, greedy=greedy
+        )
+        tokenizer = policy.tokenizer
+        decisions_input = []
+        for response in responses:
+            ids = response.tolist()
+            prefixes = tokenizer.batch_decode(
+                [ids[: k + 1] for k in range(len(ids))], skip_special_tokens=True, clean_up_tokenization_spaces=False
+            )
+            text = prefixes[-1] if prefixes else ""
+            decisions_input.append((text, [len(p) for p in prefixes]))
+        weights = [
+            token_weights(lengths, action_boundary(text), self.cot_weight) for text, lengths in decisions_input
+        ]
+        samples = [{"prompt": p, "response": r, "weights": w} for p, r, w in zip(prompts, responses, weights)]
+        scored = self.evaluate(policy, samples, with_entropy=False)
+        decisions = []
+        for i, (text, _) in enumerate(decisions_input):
+            action = parse_action(text, legal_actions[i])
+            failed = action is None
+            if failed:
+                action = str(rng.choice(list(legal_actions[i])))
+            decisions.append(
+                Decision(
+                    env_action=action,
+                    logprob=float(scored.logprobs[i]),
+                    value=float(scored.values[i]),
+                    sample=samples[i],
+                    text=text,
+                    parse_failed=failed,
+                    generated_tokens=int(responses[i].numel()),
+                )
+            )
+        return decisions
+
+    def evaluate(self, policy: VLMPolicy, samples: Sequence[dict[str, Any]], *, with_entropy: bool) -> Evaluation:
+        out = policy.score(
+            [s["prompt"] for s in samples],
+            [s["response"] for s in samples],
+            temperature=self.temperature,
+            with_entropy=with_entropy,
+        )
+        device = out.values.device
+        logprobs = torch.stack(
+            [(lp * s["weights"].to(device)).sum() for lp, s in zip(out.token_logprobs, samples)]
+        )
+        entropy = None
+        if out.entropies is not None:
+            entropy = torch.stack([e.mean() if e.numel() else e.new_zeros(()) for e in out.entropies])
+        return Evaluation(logprobs, out.values, entropy)

@@ -1,0 +1,50 @@
+"""The ``selu`` command: LightningCLI with fit / validate / test / predict and ``${...}`` interpolation.
+
+``lightning fit`` cannot be this project's entry point: lightning 2.6 ships no such script and the
+``lightning`` name belongs to the lightning-sdk cloud tool. ``selu fit -c config.yaml`` is the same CLI.
+"""
+
+from __future__ import annotations
+
+import os
+
+from lightning.pytorch.cli import LightningCLI
+
+from selu_lightning.data.rollout import RolloutDataModule
+from selu_lightning.modules.actor_ppo import ActorPPO
+
+__all__ = ["SeluCLI", "main"]
+
+TRAINER_DEFAULTS = {
+    # Each epoch's train_dataloader() is a fresh rollout with the current policy.
+    "reload_dataloaders_every_n_epochs": 1,
+    # Each rank trains on its own rollout buffer.
+    "use_distributed_sampler": False,
+    "num_sanity_val_steps": 0,
+    "logger": {
+        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "init_args": {"save_dir": "runs", "name": "selu"},
+    },
+}
+
+
+class SeluCLI(LightningCLI):
+    def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+        super().__init__(
+            ActorPPO,
+            RolloutDataModule,
+            parser_kwargs={"parser_mode": "omegaconf"},
+            trainer_defaults=TRAINER_DEFAULTS,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+            run=run,
+        )
+
+
+def main(args: list[str] | None = None) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    SeluCLI(args=args)
+
+
+if __name__ == "__main__":
+    main()

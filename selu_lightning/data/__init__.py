@@ -1,0 +1,5 @@
+"""DataModules: rollouts gathered from simulators each epoch."""
+
+from selu_lightning.data.rollout import RolloutDataModule
+
+__all__ = ["RolloutDataModule"]

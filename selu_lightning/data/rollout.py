@@ -1,0 +1,312 @@
+"""Rollout collection and the RolloutDataModule that serves it to the PPO update.
+
+Each training epoch, ``train_dataloader()`` plays ``steps_per_epoch`` env steps with the current policy
+(one batched decision for all N envs per step, eval mode), computes GAE, normalises advantages (across
+ranks), and returns a DataLoader of shuffled minibatches over the frozen buffer for ``ppo_epochs`` passes.
+Validation/test batches are lists of held-out episode seeds that the LightningModule plays to the end.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Protocol, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from selu_lightning.action_spaces.base import Decision
+from selu_lightning.envs.base import env_class
+from selu_lightning.envs.pool import EnvPool, EnvState, seed_stream
+from selu_lightning.rl.advantages import gae, normalize_advantages
+
+__all__ = ["Agent", "Rollout", "collect_rollout", "play_episodes", "RolloutDataModule", "collate_transitions"]
+
+
+class Agent(Protocol):
+    """What rollout needs of a policy (ActorPPO implements it)."""
+
+    def decide(self, states: Sequence[EnvState], task: str, *, greedy: bool, rng: np.random.Generator) -> list[Decision]:
+        """One action per state, in one batched call, with dropout off and no grad."""
+
+    def state_values(self, states: Sequence[EnvState], task: str) -> list[float]:
+        """V(s) for each state (to bootstrap truncated episodes)."""
+
+
+@dataclass
+class Rollout:
+    """A frozen ``[T, N]`` buffer (time-major, one column per env) and what happened while filling it."""
+
+    decisions: list[list[Decision]]
+    rewards: torch.Tensor
+    values: torch.Tensor
+    next_values: torch.Tensor
+    logprobs: torch.Tensor
+    terminated: torch.Tensor
+    truncated: torch.Tensor
+    episodes: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    decide_seconds: float = 0.0
+    examples: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.rewards.numel())
+
+    def stats(self) -> dict[str, float]:
+        """Sums and counts (so ranks can be added up before dividing)."""
+        flat = [d for row in self.decisions for d in row]
+        return {
+            "episodes": float(len(self.episodes)),
+            "episode_return_sum": float(sum(e["return"] for e in self.episodes)),
+            "episode_length_sum": float(sum(e["length"] for e in self.episodes)),
+            "success_sum": float(sum(e["success"] for e in self.episodes)),
+            "parse_failures": float(sum(d.parse_failed for d in flat)),
+            "steps": float(self.num_steps),
+            "generated_tokens": float(sum(d.generated_tokens for d in flat)),
+            "seconds": self.seconds,
+            "decide_seconds": self.decide_seconds,
+        }
+
+
+def collect_rollout(
+    agent: Agent, pool: EnvPool, steps_per_env: int, rng: np.random.Generator, num_examples: int = 0
+) -> Rollout:
+    """Play ``steps_per_env`` steps in every env of the (already reset) pool."""
+    T, N = steps_per_env, pool.num_envs
+    rewards, values, next_values, logprobs = (torch.zeros(T, N) for _ in range(4))
+    terminated, truncated = torch.zeros(T, N, dtype=torch.bool), torch.zeros(T, N, dtype=torch.bool)
+    decisions: list[list[Decision]] = []
+    episodes: list[dict[str, float]] = []
+    examples: list[dict[str, Any]] = []
+    start, decide_seconds = time.perf_counter(), 0.0
+    for t in range(T):
+        states = list(pool.states)
+        tick = time.perf_counter()
+        row = agent.decide(states, pool.task_description, greedy=False, rng=rng)
+        decide_seconds += time.perf_counter() - tick
+        outcomes = pool.step([d.env_action for d in row])
+        decisions.append(row)
+        for i, (d, o) in enumerate(zip(row, outcomes)):
+            rewards[t, i], values[t, i], logprobs[t, i] = o.reward, d.value, d.logprob
+            terminated[t, i], truncated[t, i] = o.terminated, o.truncated
+            if o.episode is not None:
+                episodes.append(o.episode)
+        if len(examples) < num_examples:
+            examples.append(
+                {"image": states[0].image, "text": row[0].text, "action": row[0].env_action, "reward": outcomes[0].reward}
+            )
+        finals = [(i, o.final_state) for i, o in enumerate(outcomes) if o.final_state is not None]
+        if finals:
+            for (i, _), v in zip(finals, agent.state_values([s for _, s in finals], pool.task_description)):
+                next_values[t, i] = v
+    # V(s_{t+1}) for steps that did not end an episode is the next row's value; the last row bootstraps.
+    ended = terminated | truncated
+    next_values[:-1] = torch.where(ended[:-1], next_values[:-1], values[1:])
+    last = torch.tensor(agent.state_values(pool.states, pool.task_description))
+    next_values[-1] = torch.where(ended[-1], next_values[-1], last)
+    return Rollout(
+        decisions, rewards, values, next_values, logprobs, terminated, truncated,
+        episodes, time.perf_counter() - start, decide_seconds, examples,
+    )  # fmt: skip
+
+
+def play_episodes(
+    agent: Agent, pool: EnvPool, seeds: Sequence[int], *, greedy: bool, rng: np.random.Generator, max_steps: int = 1000
+) -> list[dict[str, float]]:
+    """Play one whole episode per seed, all envs together; returns each episode's return/length/success."""
+    pool.reset_to(seeds)
+    live = list(range(len(seeds)))
+    results: dict[int, dict[str, float]] = {}
+    for _ in range(max_steps):
+        if not live:
+            break
+        decisions = agent.decide([pool.states[i] for i in live], pool.task_description, greedy=greedy, rng=rng)
+        outcomes = pool.step([d.env_action for d in decisions], indices=live, auto_reset=False)
+        for i, o in zip(list(live), outcomes):
+            if o.episode is not None:
+                results[i] = o.episode
+                live.remove(i)
+    if live:
+        raise RuntimeError(f"{len(live)} evaluation episodes did not end within {max_steps} steps")
+    return [results[i] for i in range(len(seeds))]
+
+
+class PPOEpochSampler(Sampler[int]):
+    """``ppo_epochs`` passes over the buffer, each a fresh permutation from a seeded generator."""
+
+    def __init__(self, size: int, ppo_epochs: int, generator: torch.Generator) -> None:
+        self.size, self.ppo_epochs, self.generator = size, ppo_epochs, generator
+
+    def __iter__(self) -> Iterator[int]:
+        for _ in range(self.ppo_epochs):
+            yield from torch.randperm(self.size, generator=self.generator).tolist()
+
+    def __len__(self) -> int:
+        return self.size * self.ppo_epochs
+
+
+def collate_transitions(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"samples": [it["sample"] for it in items]}
+    for key in ("old_logprobs", "old_values", "advantages", "returns"):
+        out[key] = torch.tensor([it[key] for it in items], dtype=torch.float32)
+    return out
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> float:
+    """1 - Var(R - V) / Var(R): 1 is a perfect critic, 0 no better than a constant, negative worse."""
+    var = returns.var()
+    return float("nan") if var == 0 else float(1 - (returns - values).var() / var)
+
+
+class RolloutDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        env: str = "numberline",
+        env_kwargs: dict[str, Any] | None = None,
+        num_envs: int = 8,
+        steps_per_epoch: int = 256,
+        ppo_epochs: int = 4,
+        minibatch_size: int = 8,
+        gamma: float = 0.9,
+        gae_lambda: float = 0.95,
+        normalize_advantages: bool = True,
+        seed: int = 0,
+        val_episodes: int = 100,
+        test_episodes: int = 200,
+        eval_num_envs: int | None = None,
+        eval_greedy: bool = True,
+        num_examples: int = 4,
+    ) -> None:
+        """
+        Args:
+            env: A registered env name (``numberline``, ``ezpoints``, ``points24``, ``blackjack``, ...).
+            env_kwargs: Keyword arguments for the env class (e.g. ``{text_state: false}``).
+            num_envs: Envs per rank, stepped together with one batched decision per step.
+            steps_per_epoch: Env steps per rank per epoch (one PPO update); a multiple of ``num_envs``.
+            ppo_epochs: Passes over each rollout buffer.
+            minibatch_size: Transitions per training step (per rank); use ``trainer.accumulate_grad_batches``
+                to make larger effective batches.
+            gamma: Discount factor.
+            gae_lambda: GAE's lambda.
+            normalize_advantages: Zero-mean, unit-std advantages over the whole buffer (of all ranks).
+            seed: Seeds every env, sampler and the minibatch order together with the rank and env index.
+            val_episodes: Held-out episodes per validation run (split over ranks).
+            test_episodes: Held-out episodes for ``selu test``.
+            eval_num_envs: Envs played together in evaluation (default: ``num_envs``).
+            eval_greedy: Greedy actions in evaluation; false samples as in training.
+            num_examples: Steps of env 0 kept per epoch (frame + generated text) for TensorBoard.
+        """
+        super().__init__()
+        env_class(env)  # unknown names fail here, before any model loads
+        if num_envs < 1 or steps_per_epoch < 1:
+            raise ValueError(f"num_envs ({num_envs}) and steps_per_epoch ({steps_per_epoch}) must be >= 1")
+        if steps_per_epoch % num_envs:
+            raise ValueError(
+                f"data.steps_per_epoch ({steps_per_epoch}) must be divisible by data.num_envs ({num_envs}) "
+                "so every env plays the same number of steps"
+            )
+        if ppo_epochs < 1 or minibatch_size < 1:
+            raise ValueError(f"ppo_epochs ({ppo_epochs}) and minibatch_size ({minibatch_size}) must be >= 1")
+        self.env = env
+        self.env_kwargs = dict(env_kwargs or {})
+        self.num_envs = num_envs
+        self.steps_per_epoch = steps_per_epoch
+        self.ppo_epochs = ppo_epochs
+        self.minibatch_size = minibatch_size
+        self.gamma = gamma
+        self.gae_lambda = gae_lambda
+        self.normalize_advantages = normalize_advantages
+        self.seed = seed
+        self.val_episodes = val_episodes
+        self.test_episodes = test_episodes
+        self.eval_num_envs = eval_num_envs or num_envs
+        self.eval_greedy = eval_greedy
+        self.num_examples = num_examples
+        self.pool: EnvPool | None = None
+        self.eval_pool: EnvPool | None = None
+        self.rng: np.random.Generator | None = None
+        self.last_rollout: Rollout | None = None
+        self.last_rollout_stats: dict[str, float] = {}
+
+    @property
+    def env_cls(self) -> type:
+        return env_class(self.env)
+
+    @property
+    def _rank(self) -> int:
+        return self.trainer.global_rank if self.trainer is not None else 0
+
+    @property
+    def _world(self) -> int:
+        return self.trainer.world_size if self.trainer is not None else 1
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.pool is None:
+            self.pool = EnvPool(self.env, self.num_envs, seed=self.seed, rank=self._rank, env_kwargs=self.env_kwargs)
+            self.pool.reset()
+            self.rng = np.random.default_rng(seed_stream(self.seed, "sampler", self._rank))
+        if self.eval_pool is None:
+            self.eval_pool = EnvPool(
+                self.env, self.eval_num_envs, seed=self.seed, rank=self._rank, stream="val", env_kwargs=self.env_kwargs
+            )
+
+    # ------------------------------------------------------------------ training
+    def train_dataloader(self) -> DataLoader:
+        agent: Agent = self.trainer.lightning_module
+        rollout = collect_rollout(
+            agent, self.pool, self.steps_per_epoch // self.num_envs, self.rng, num_examples=self.num_examples
+        )
+        advantages, returns = gae(
+            rollout.rewards, rollout.values, rollout.next_values, rollout.terminated, rollout.truncated,
+            self.gamma, self.gae_lambda,
+        )  # fmt: skip
+        if self.normalize_advantages:
+            advantages = normalize_advantages(advantages)
+        self.last_rollout = rollout
+        self.last_rollout_stats = rollout.stats() | {
+            "explained_variance": explained_variance(rollout.values.flatten(), returns.flatten())
+        }
+        items = [
+            {
+                "sample": d.sample,
+                "old_logprobs": float(rollout.logprobs[t, i]),
+                "old_values": float(rollout.values[t, i]),
+                "advantages": float(advantages[t, i]),
+                "returns": float(returns[t, i]),
+            }
+            for t, row in enumerate(rollout.decisions)
+            for i, d in enumerate(row)
+        ]
+        generator = torch.Generator().manual_seed(
+            int(seed_stream(self.seed, "sampler", self._rank, 1 + self.trainer.current_epoch).generate_state(1)[0])
+        )
+        return DataLoader(
+            items,
+            batch_size=self.minibatch_size,
+            sampler=PPOEpochSampler(len(items), self.ppo_epochs, generator),
+            collate_fn=collate_transitions,
+        )
+
+    # ------------------------------------------------------------------ evaluation
+    def eval_seeds(self, stage: str) -> list[list[int]]:
+        """This rank's held-out seeds, in batches of ``eval_num_envs``; every rank gets as many batches."""
+        total = self.test_episodes if stage == "test" else self.val_episodes
+        per_rank = -(-total // self._world)
+        seeds = seed_stream(self.seed, "test" if stage == "test" else "val").generate_state(per_rank * self._world)
+        mine = [int(s) for s in seeds[self._rank :: self._world]]
+        return [mine[i : i + self.eval_num_envs] for i in range(0, len(mine), self.eval_num_envs)]
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.eval_seeds("val"), batch_size=None, collate_fn=lambda seeds: seeds)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(self.eval_seeds("test"), batch_size=None, collate_fn=lambda seeds: seeds)
+
+    def teardown(self, stage: str) -> None:
+        for pool in (self.pool, self.eval_pool):
+            if pool is not None:
+                pool.close()
+        self.pool = self.eval_pool = None

@@ -1,0 +1,5 @@
+"""LightningModules: one per training method, sharing policy, action spaces and rollout data."""
+
+from selu_lightning.modules.actor_ppo import ActorPPO
+
+__all__ = ["ActorPPO"]

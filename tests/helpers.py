@@ -1,0 +1,37 @@
+"""Small builders shared by the tests (tiny model, CPU trainer)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+
+from selu_lightning.action_spaces import ActionSpace, CandidateActionSpace
+from selu_lightning.data.rollout import RolloutDataModule
+from selu_lightning.modules.actor_ppo import ActorPPO
+from selu_lightning.policy.vlm import LoraSettings, PolicyConfig
+
+TINY_LORA = LoraSettings(r=4, alpha=8, targets=["language_model", "projector"])
+
+
+def tiny_module(action_space: ActionSpace | None = None, lora: LoraSettings | None = TINY_LORA, **kwargs: Any) -> ActorPPO:
+    kwargs.setdefault("lr", 1e-3)
+    return ActorPPO(
+        PolicyConfig("tiny:llava", lora=lora, value_head_widths=[32]),
+        action_space=action_space or CandidateActionSpace(),
+        **kwargs,
+    )
+
+
+def tiny_data(env: str = "numberline", **kwargs: Any) -> RolloutDataModule:
+    defaults = dict(num_envs=4, steps_per_epoch=8, ppo_epochs=1, minibatch_size=4, val_episodes=4, num_examples=0)
+    return RolloutDataModule(env=env, **(defaults | kwargs))
+
+
+def cpu_trainer(tmp_path, **kwargs: Any) -> L.Trainer:
+    defaults = dict(
+        accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, reload_dataloaders_every_n_epochs=1,
+        use_distributed_sampler=False, num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=tmp_path,
+    )  # fmt: skip
+    return L.Trainer(**(defaults | kwargs))
