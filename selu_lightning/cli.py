@@ -7,10 +7,13 @@
 from __future__ import annotations
 
 import os
+import sys
+from argparse import ArgumentError
 
 from lightning.pytorch.cli import LightningCLI
 
 from selu_lightning.data.rollout import RolloutDataModule
+from selu_lightning.errors import ConfigError
 from selu_lightning.modules.actor_ppo import ActorPPO
 
 __all__ = ["SeluCLI", "main"]
@@ -33,7 +36,7 @@ class SeluCLI(LightningCLI):
         super().__init__(
             ActorPPO,
             RolloutDataModule,
-            parser_kwargs={"parser_mode": "omegaconf"},
+            parser_kwargs={"parser_mode": "omegaconf", "exit_on_error": False},
             trainer_defaults=TRAINER_DEFAULTS,
             save_config_kwargs={"overwrite": True},
             args=args,
@@ -42,8 +45,14 @@ class SeluCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None) -> None:
+    """Console entry point; a bad configuration exits with one line on stderr and status 2."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    SeluCLI(args=args)
+    try:
+        SeluCLI(args=args)
+    except (ConfigError, ArgumentError) as err:
+        one_line = " ".join(part.strip() for part in str(err).splitlines() if part.strip())
+        print(f"selu: error: {one_line}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

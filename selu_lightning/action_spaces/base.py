@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 import torch
 
+from selu_lightning.errors import ConfigError
 from selu_lightning.envs.base import TextVisualEnv
 from selu_lightning.policy.vlm import PromptSample, VLMPolicy
 
@@ -59,7 +60,7 @@ class ActionSpace(ABC):
     def check_env(self, env_cls: type[TextVisualEnv]) -> None:
         """Fail in one line when this action space cannot work with the env class."""
         if self.requires_legal_actions and not env_cls.has_legal_actions:
-            raise ValueError(
+            raise ConfigError(
                 f"{type(self).__name__} needs an env that lists its legal actions; "
                 f"{env_cls.__name__} does not (use TextActionSpace)"
             )

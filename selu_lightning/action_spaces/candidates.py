@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from selu_lightning.errors import ConfigError
 from selu_lightning.action_spaces.base import ActionSpace, Decision, Evaluation
 from selu_lightning.policy.vlm import PromptSample, VLMPolicy
 
@@ -31,7 +32,7 @@ class CandidateActionSpace(ActionSpace):
             with_image: Put the frame in the prompt.
         """
         if temperature <= 0:
-            raise ValueError(f"temperature must be > 0 (got {temperature})")
+            raise ConfigError(f"temperature must be > 0 (got {temperature})")
         self.temperature = temperature
         self.template = template
         self.with_image = with_image

@@ -7,6 +7,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from selu_lightning.errors import ConfigError
 from selu_lightning.action_spaces.base import ActionSpace, Decision, Evaluation
 from selu_lightning.action_spaces.parsing import action_boundary, parse_action
 from selu_lightning.policy.vlm import PromptSample, VLMPolicy
@@ -55,7 +56,7 @@ class TextActionSpace(ActionSpace):
             with_image: Put the frame in the prompt.
         """
         if temperature <= 0:
-            raise ValueError(f"temperature must be > 0 (got {temperature}); greedy decoding is used for evaluation")
+            raise ConfigError(f"temperature must be > 0 (got {temperature}); greedy decoding is used for evaluation")
         self.temperature = temperature
         self.max_new_tokens = max_new_tokens
         self.cot_weight = cot_weight

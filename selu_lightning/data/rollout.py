@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from selu_lightning.errors import ConfigError
 from selu_lightning.action_spaces.base import Decision
 from selu_lightning.envs.base import env_class
 from selu_lightning.envs.pool import EnvPool, EnvState, seed_stream
@@ -202,14 +203,14 @@ class RolloutDataModule(L.LightningDataModule):
         super().__init__()
         env_class(env)  # unknown names fail here, before any model loads
         if num_envs < 1 or steps_per_epoch < 1:
-            raise ValueError(f"num_envs ({num_envs}) and steps_per_epoch ({steps_per_epoch}) must be >= 1")
+            raise ConfigError(f"num_envs ({num_envs}) and steps_per_epoch ({steps_per_epoch}) must be >= 1")
         if steps_per_epoch % num_envs:
-            raise ValueError(
+            raise ConfigError(
                 f"data.steps_per_epoch ({steps_per_epoch}) must be divisible by data.num_envs ({num_envs}) "
                 "so every env plays the same number of steps"
             )
         if ppo_epochs < 1 or minibatch_size < 1:
-            raise ValueError(f"ppo_epochs ({ppo_epochs}) and minibatch_size ({minibatch_size}) must be >= 1")
+            raise ConfigError(f"ppo_epochs ({ppo_epochs}) and minibatch_size ({minibatch_size}) must be >= 1")
         self.env = env
         self.env_kwargs = dict(env_kwargs or {})
         self.num_envs = num_envs
@@ -243,21 +244,27 @@ class RolloutDataModule(L.LightningDataModule):
     def _world(self) -> int:
         return self.trainer.world_size if self.trainer is not None else 1
 
-    def setup(self, stage: str) -> None:
-        if stage == "fit" and self.pool is None:
+    def _train_pool(self) -> EnvPool:
+        """Built on first use (after every component's setup checks), reset once, then stepped forever."""
+        if self.pool is None:
             self.pool = EnvPool(self.env, self.num_envs, seed=self.seed, rank=self._rank, env_kwargs=self.env_kwargs)
             self.pool.reset()
             self.rng = np.random.default_rng(seed_stream(self.seed, "sampler", self._rank))
+        return self.pool
+
+    def eval_envs(self) -> EnvPool:
         if self.eval_pool is None:
             self.eval_pool = EnvPool(
                 self.env, self.eval_num_envs, seed=self.seed, rank=self._rank, stream="val", env_kwargs=self.env_kwargs
             )
+        return self.eval_pool
 
     # ------------------------------------------------------------------ training
     def train_dataloader(self) -> DataLoader:
         agent: Agent = self.trainer.lightning_module
+        pool = self._train_pool()
         rollout = collect_rollout(
-            agent, self.pool, self.steps_per_epoch // self.num_envs, self.rng, num_examples=self.num_examples
+            agent, pool, self.steps_per_epoch // self.num_envs, self.rng, num_examples=self.num_examples
         )
         advantages, returns = gae(
             rollout.rewards, rollout.values, rollout.next_values, rollout.terminated, rollout.truncated,

@@ -16,6 +16,8 @@ from typing import Any, Callable, ClassVar
 import gymnasium as gym
 import numpy as np
 
+from selu_lightning.errors import ConfigError
+
 __all__ = ["TextVisualEnv", "register_env", "make_env", "env_class", "available_envs"]
 
 
@@ -71,7 +73,7 @@ def env_class(name: str) -> type[TextVisualEnv]:
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown env {name!r}; registered envs: {', '.join(sorted(_REGISTRY))}.{hint}")
+        raise ConfigError(f"unknown env {name!r}; registered envs: {', '.join(sorted(_REGISTRY))}.{hint}")
     return _REGISTRY[name]
 
 

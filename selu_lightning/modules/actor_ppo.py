@@ -18,6 +18,7 @@ import torch
 from jsonargparse import lazy_instance
 from torch import nn
 
+from selu_lightning.errors import ConfigError
 from selu_lightning.action_spaces.base import ActionSpace, Decision, user_message
 from selu_lightning.action_spaces.candidates import CandidateActionSpace
 from selu_lightning.envs.pool import EnvState
@@ -75,10 +76,11 @@ class ActorPPO(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["policy", "action_space"])
         if kl_coef > 0 and policy.lora is None:
-            raise ValueError("model.kl_coef > 0 needs LoRA (the reference is the base model with adapters off)")
+            raise ConfigError("model.kl_coef > 0 needs LoRA (the reference is the base model with adapters off)")
         self.policy = VLMPolicy(policy)
         self.action_space = action_space
         self.strict_loading = False  # checkpoints hold only the trained weights (adapter + value head)
+        self._env_steps_total = 0.0
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
@@ -170,7 +172,9 @@ class ActorPPO(L.LightningModule):
         )
         total = dict(zip(keys, summed.tolist()))
         seconds = total["seconds"] / self.trainer.world_size  # ranks roll out in parallel
+        self._env_steps_total += total["steps"]
         metrics = {
+            "train/env_steps": self._env_steps_total,
             "perf/env_steps_per_s": total["steps"] / max(seconds, 1e-9),
             "perf/gen_tokens_per_s": total["generated_tokens"] / max(total["decide_seconds"] / self.trainer.world_size, 1e-9),
             "train/parse_failure_rate": total["parse_failures"] / max(total["steps"], 1.0),
@@ -205,7 +209,7 @@ class ActorPPO(L.LightningModule):
 
         datamodule = self.trainer.datamodule
         rng = np.random.default_rng(seeds)
-        episodes = play_episodes(self, datamodule.eval_pool, seeds, greedy=datamodule.eval_greedy, rng=rng)
+        episodes = play_episodes(self, datamodule.eval_envs(), seeds, greedy=datamodule.eval_greedy, rng=rng)
         n = len(episodes)
         success = torch.tensor([e["success"] for e in episodes], dtype=torch.float32).mean()
         ret = torch.tensor([e["return"] for e in episodes], dtype=torch.float32).mean()

@@ -355,6 +355,22 @@ def build_tiny_vlm(arch: str, out_dir: str | Path, seed: int = 0) -> Path:
     return out_dir
 
 
+def _build_in_clean_process(arch: str, out_dir: Path) -> None:
+    """Build here, or in a child process when torch.distributed is up: transformers then writes weights only
+    on rank 0, and a rank > 0 would otherwise produce a folder without them."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        build_tiny_vlm(arch, out_dir, seed=0)
+        return
+    import subprocess
+    import sys
+
+    code = "import sys; from selu_lightning.policy.tiny import build_tiny_vlm; build_tiny_vlm(sys.argv[1], sys.argv[2])"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    subprocess.run([sys.executable, "-c", code, arch, str(out_dir)], check=True, env=env)
+
+
 def _cache_root() -> Path:
     return Path(os.environ.get("SELU_CACHE") or Path.home() / ".cache" / "selu_lightning")
 
@@ -374,7 +390,7 @@ def resolve_model_path(name_or_path: str) -> str:
     # concurrent builders (several DDP ranks) each rename a complete folder; the first one wins.
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
-        build_tiny_vlm(arch, tmp, seed=0)
+        _build_in_clean_process(arch, tmp)
         try:
             os.rename(tmp, folder)
         except OSError:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from selu_lightning.errors import ConfigError
 from selu_lightning.policy.tiny import resolve_model_path
 
 __all__ = ["LoraSettings", "PolicyConfig", "VLMPolicy", "ScoreOutput", "PromptSample"]
@@ -97,6 +98,9 @@ class PolicyConfig:
     """Weight dtype. Log-probs, values and losses are computed in fp32 whatever this is."""
     lora: LoraSettings | None = field(default_factory=LoraSettings)
     """LoRA adapters; null trains every weight of the model."""
+    freeze: list[Literal["language_model", "vision_tower", "projector"]] = field(default_factory=list)
+    """With ``lora: null`` (full fine-tuning), parts that keep their loaded weights, e.g. ``[vision_tower]``.
+    LLaVA reads an inner vision layer, so its last vision layers get no gradient: freeze the tower under DDP."""
     value_head_widths: list[int] = field(default_factory=lambda: [1024, 512])
     """Hidden widths of the value MLP on the last prompt token's hidden state."""
     gradient_checkpointing: bool = False
@@ -110,6 +114,8 @@ class PolicyConfig:
 
     def __post_init__(self) -> None:
         _check_model_source(self.model_name_or_path)
+        if self.freeze and self.lora is not None:
+            raise ConfigError("model.policy.freeze applies to full fine-tuning; with LoRA choose model.policy.lora.targets")
 
 
 class VLMPolicy(nn.Module):
@@ -155,6 +161,10 @@ class VLMPolicy(nn.Module):
             )
             self.model = get_peft_model(hf, config)
         else:
+            frozen = set(lora_target_modules(hf, cfg.freeze, linear_only=False)) if cfg.freeze else set()
+            for name, param in hf.named_parameters():
+                if name.rsplit(".", 1)[0] in frozen:
+                    param.requires_grad_(False)
             self.model = hf
         self.value_head = ValueHead(_hidden_size(hf.config), cfg.value_head_widths)
         # from_pretrained returns eval mode; train mode lets dropout act where it is asked for
@@ -184,7 +194,7 @@ class VLMPolicy(nn.Module):
     def reference(self) -> Iterator[None]:
         """The frozen base model: LoRA adapters switched off (needs LoRA)."""
         if self.lora is None:
-            raise ValueError("a reference model (KL penalty) needs LoRA: set model.policy.lora")
+            raise ConfigError("a reference model (KL penalty) needs LoRA: set model.policy.lora")
         with self.model.disable_adapter():
             yield
 
@@ -305,32 +315,33 @@ def _check_model_source(name: str) -> None:
 
         arch = name.split(":", 1)[1]
         if arch not in TINY_ARCHS:
-            raise ValueError(f"unknown tiny model {name!r}; choose one of: {', '.join('tiny:' + a for a in TINY_ARCHS)}")
+            raise ConfigError(f"unknown tiny model {name!r}; choose one of: {', '.join('tiny:' + a for a in TINY_ARCHS)}")
         return
     path = os.path.expanduser(name)
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "config.json")):
-            raise ValueError(f"model path {name!r} exists but has no config.json: not a transformers checkpoint")
+            raise ConfigError(f"model path {name!r} exists but has no config.json: not a transformers checkpoint")
         return
     if _HUB_ID.match(name) and not name.startswith((".", "/", "~")):
         if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
             from huggingface_hub import try_to_load_from_cache
 
             if not isinstance(try_to_load_from_cache(name, "config.json"), str):
-                raise ValueError(f"model {name!r} is not a local folder and not in the hub cache (HF_HUB_OFFLINE is set)")
+                raise ConfigError(f"model {name!r} is not a local folder and not in the hub cache (HF_HUB_OFFLINE is set)")
         return  # a hub id such as llava-hf/llava-v1.6-mistral-7b-hf: transformers fetches it
-    raise ValueError(f"model path {name!r} does not exist (expected a checkpoint folder, a hub id or tiny:<arch>)")
+    raise ConfigError(f"model path {name!r} does not exist (expected a checkpoint folder, a hub id or tiny:<arch>)")
 
 
-def lora_target_modules(hf: nn.Module, groups: Sequence[str]) -> list[str]:
-    """Full names of every ``nn.Linear`` inside the chosen model parts (never the LM head)."""
+def lora_target_modules(hf: nn.Module, groups: Sequence[str], linear_only: bool = True) -> list[str]:
+    """Full names of every ``nn.Linear`` (or, with ``linear_only=False``, every module) inside the chosen
+    model parts; never the LM head."""
     unknown = set(groups) - set(_MODULE_GROUPS)
     if unknown:
-        raise ValueError(f"unknown LoRA target group(s) {sorted(unknown)}; choose from {sorted(_MODULE_GROUPS)}")
+        raise ConfigError(f"unknown LoRA target group(s) {sorted(unknown)}; choose from {sorted(_MODULE_GROUPS)}")
     projector_prefixes = _MODULE_GROUPS["projector"]
     names = []
     for name, module in hf.named_modules():
-        if not isinstance(module, nn.Linear):
+        if linear_only and not isinstance(module, nn.Linear):
             continue
         key = name + "."
         in_projector = key.startswith(projector_prefixes)
@@ -340,7 +351,7 @@ def lora_target_modules(hf: nn.Module, groups: Sequence[str]) -> list[str]:
                 names.append(name)
                 break
     if not names:
-        raise ValueError(f"no linear layers found for LoRA targets {list(groups)} in {type(hf).__name__}")
+        raise ConfigError(f"no layers found for model parts {list(groups)} in {type(hf).__name__}")
     return names
 
 

@@ -1,0 +1,113 @@
+"""ActorPPO trained by a real Lightning Trainer on the tiny model: parameters move, knobs act, eval is held out."""
+
+import lightning as L
+import pytest
+import torch
+
+from selu_lightning.action_spaces import TextActionSpace
+from selu_lightning.envs.pool import EnvPool
+
+from helpers import cpu_trainer, tiny_data, tiny_module
+
+
+def test_two_epoch_fit_changes_every_trainable_parameter(tmp_path):
+    torch.manual_seed(0)
+    module = tiny_module()
+    module.configure_model()
+    before = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
+    assert any("lora_A" in n for n in before) and any("value_head" in n for n in before)
+    cpu_trainer(tmp_path, max_epochs=2).fit(module, tiny_data(steps_per_epoch=16, ppo_epochs=2))
+    unchanged = [n for n, p in module.named_parameters() if p.requires_grad and torch.equal(p, before[n])]
+    assert not unchanged, f"never updated: {unchanged}"
+    frozen = [n for n, p in module.named_parameters() if not p.requires_grad]
+    assert frozen, "LoRA should leave the base weights frozen"
+
+
+class GradNormProbe(L.Callback):
+    """Reads the gradient norm after clipping, right before the optimizer's grads are zeroed."""
+
+    def __init__(self):
+        self.norms = []
+
+    def on_before_zero_grad(self, trainer, module, optimizer):
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        if grads:
+            self.norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+
+
+def test_gradient_clipping_is_applied(tmp_path):
+    probe = GradNormProbe()
+    cpu_trainer(tmp_path, gradient_clip_val=1e-3, callbacks=[probe]).fit(tiny_module(lr=1e-2), tiny_data())
+    assert probe.norms and max(probe.norms) <= 1e-3 * 1.001
+
+
+def test_cosine_schedule_spans_max_epochs(tmp_path):
+    lrs = []
+
+    class LrProbe(L.Callback):
+        def on_train_epoch_start(self, trainer, module):
+            lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    module = tiny_module(lr=1e-3, lr_min=1e-5)
+    cpu_trainer(tmp_path, max_epochs=3, callbacks=[LrProbe()]).fit(module, tiny_data())
+    assert lrs == pytest.approx([1e-3, 1e-5 + (1e-3 - 1e-5) * 0.5, 1e-5])
+
+
+def test_entropy_and_kl_terms_enter_the_loss(tmp_path):
+    module = tiny_module(entropy_coef=0.1, kl_coef=0.5)
+    data = tiny_data()
+    cpu_trainer(tmp_path).fit(module, data)
+    batch = next(iter(data.train_dataloader()))
+    losses, stats = module.ppo_losses(batch)
+    assert set(losses) == {"loss_policy", "loss_value", "loss_entropy", "loss_kl"}
+    assert losses["loss_entropy"] < 0  # a bonus
+    assert stats["kl_to_base"] > 0  # the adapters moved the policy away from the base model
+    module.hparams.kl_coef = 0.0
+    assert "loss_kl" not in module.ppo_losses(batch)[0]
+
+
+def test_kl_without_lora_is_a_config_error():
+    with pytest.raises(ValueError, match="needs LoRA"):
+        tiny_module(lora=None, kl_coef=0.1)
+
+
+def test_validation_plays_held_out_episodes_deterministically(tmp_path):
+    module = tiny_module()
+    data = tiny_data(val_episodes=6, eval_num_envs=4)
+    trainer = cpu_trainer(tmp_path, limit_val_batches=None)
+    first = trainer.validate(module, data, verbose=False)[0]
+    second = trainer.validate(module, data, verbose=False)[0]
+    assert 0.0 <= first["val/success_rate"] <= 1.0
+    assert first == second  # greedy + fixed seeds
+    batches = data.eval_seeds("val")
+    assert [len(b) for b in batches] == [4, 2]
+    train_first_seeds = set(EnvPool("numberline", 4, seed=0)._first_seeds)
+    assert not train_first_seeds & {s for b in batches for s in b}
+    assert set(data.eval_seeds("test")[0]).isdisjoint(batches[0])
+
+
+def test_test_stage_logs_test_metrics(tmp_path):
+    out = cpu_trainer(tmp_path, limit_test_batches=1).test(tiny_module(), tiny_data(test_episodes=3), verbose=False)[0]
+    assert set(out) == {"test/success_rate", "test/episode_return"}
+
+
+def test_text_action_space_trains_and_counts_parse_failures(tmp_path):
+    module = tiny_module(TextActionSpace(temperature=1.0, max_new_tokens=8))
+    data = tiny_data("blackjack")
+    cpu_trainer(tmp_path).fit(module, data)
+    stats = data.last_rollout_stats
+    assert stats["steps"] == 8 and stats["generated_tokens"] > 0
+    # an untrained tiny model rarely writes valid JSON: failures are counted, fallback actions stay legal
+    assert stats["parse_failures"] > 0
+    assert all(d.env_action in ("stand", "hit") for row in data.last_rollout.decisions for d in row)
+
+
+def test_checkpoint_holds_only_trained_weights(tmp_path):
+    module = tiny_module()
+    trainer = cpu_trainer(tmp_path, enable_checkpointing=True)
+    trainer.fit(module, tiny_data())
+    path = tmp_path / "final.ckpt"
+    trainer.save_checkpoint(path)
+    state = torch.load(path, weights_only=False)["state_dict"]
+    trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+    assert set(state) == trainable
