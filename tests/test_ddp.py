@@ -14,13 +14,13 @@ def test_two_process_ddp_fit_runs_an_epoch(tmp_path):
     cmd = [
         sys.executable, "-m", "selu_lightning", "fit", "-c", "configs/quickstart.yaml",
         "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu", "--trainer.max_epochs=1",
-        "--trainer.check_val_every_n_epoch=1", "--trainer.enable_progress_bar=false", "--trainer.enable_checkpointing=false",
+        "--trainer.check_val_every_n_epoch=1", "--trainer.enable_progress_bar=false",
         f"--trainer.logger.init_args.save_dir={tmp_path}", "--data.num_envs=4", "--data.steps_per_epoch=16",
         "--data.minibatch_size=8", "--data.ppo_epochs=1", "--data.val_episodes=8",
     ]  # fmt: skip
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, (proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
     logged = {tag: [v for _, v in points] for tag, points in read_scalars(tmp_path).items()}
     assert logged["train/env_steps"] == [32.0]  # 2 ranks x 16 steps, summed across ranks
     assert 0.0 <= logged["val/success_rate"][0] <= 1.0

@@ -15,7 +15,7 @@ def test_quickstart_learns_numberline(tmp_path):
            f"--trainer.logger.init_args.save_dir={tmp_path}", f"--trainer.default_root_dir={tmp_path}",
            "--trainer.enable_progress_bar=false"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, (proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
     logged = read_scalars(tmp_path)
     val = [v for _, v in logged["val/success_rate"]]
     assert len(val) == 3  # epochs 5, 10, 15

@@ -11,6 +11,7 @@ observations are ``{"image": uint8[H, W, 3], "text": str}``. ``info`` always car
 from __future__ import annotations
 
 import difflib
+import importlib
 from typing import Any, Callable, ClassVar
 
 import gymnasium as gym
@@ -58,22 +59,36 @@ def register_env(name: str) -> Callable[[type[TextVisualEnv]], type[TextVisualEn
     return wrap
 
 
-def _load_builtin_envs() -> None:
-    from selu_lightning.envs import cards  # noqa: F401  (registers on import)
+#: Built-in envs and the module that registers each; imported on first lookup, so a simulator's package is
+#: needed only by the runs that use it.
+BUILTIN_ENVS = {
+    "numberline": "selu_lightning.envs.cards",
+    "ezpoints": "selu_lightning.envs.cards",
+    "points24": "selu_lightning.envs.cards",
+    "blackjack": "selu_lightning.envs.cards",
+    "alfworld": "selu_lightning.envs.alfworld",
+    "babyai": "selu_lightning.envs.babyai",
+    "virtualhome": "selu_lightning.envs.virtualhome",
+    "ai2thor": "selu_lightning.envs.ai2thor",
+}
 
 
 def available_envs() -> list[str]:
-    _load_builtin_envs()
-    return sorted(_REGISTRY)
+    """Every name ``data.env`` accepts (built-in ones whose simulator is not installed included)."""
+    return sorted(set(_REGISTRY) | set(BUILTIN_ENVS))
 
 
 def env_class(name: str) -> type[TextVisualEnv]:
-    """The class registered as ``name``; a one-line error naming close matches otherwise."""
-    _load_builtin_envs()
+    """The class registered as ``name``; a one-line error naming close matches or the missing package."""
+    if name not in _REGISTRY and name in BUILTIN_ENVS:
+        try:
+            importlib.import_module(BUILTIN_ENVS[name])
+        except ImportError as err:
+            raise ConfigError(f"env {name!r} cannot load: {err}") from err
     if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
+        close = difflib.get_close_matches(name, available_envs(), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"unknown env {name!r}; registered envs: {', '.join(sorted(_REGISTRY))}.{hint}")
+        raise ConfigError(f"unknown env {name!r}; registered envs: {', '.join(available_envs())}.{hint}")
     return _REGISTRY[name]
 
 
