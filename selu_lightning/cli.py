@@ -10,6 +10,7 @@ import os
 import sys
 from argparse import ArgumentError
 
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from selu_lightning.data.rollout import RolloutDataModule
@@ -42,6 +43,17 @@ class SeluCLI(LightningCLI):
             args=args,
             run=run,
         )
+
+
+    def _stable_checkpoint_dir(self) -> None:
+        """Checkpoints go to ``<save_dir>/<name>/checkpoints``, not into the logger's per-run version folder,
+        so ``--ckpt_path last`` after a crash finds the previous run's ``last.ckpt``."""
+        logger = self.trainer.logger
+        for callback in self.trainer.checkpoint_callbacks:
+            if isinstance(callback, ModelCheckpoint) and callback.dirpath is None and logger is not None:
+                callback.dirpath = os.path.join(logger.save_dir or ".", logger.name or "", "checkpoints")
+
+    before_fit = before_validate = before_test = _stable_checkpoint_dir
 
 
 def main(args: list[str] | None = None) -> None:

@@ -35,3 +35,16 @@ def cpu_trainer(tmp_path, **kwargs: Any) -> L.Trainer:
         use_distributed_sampler=False, num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=tmp_path,
     )  # fmt: skip
     return L.Trainer(**(defaults | kwargs))
+
+
+class HardKillAtEpoch(L.Callback):
+    """Test double for a crash: ends the process with no cleanup when epoch ``epoch`` starts."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            import os
+
+            os._exit(17)

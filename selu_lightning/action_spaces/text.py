@@ -35,6 +35,11 @@ def token_weights(prefix_lengths: Sequence[int], boundary: int | None, cot_weigh
     return weights
 
 
+def _devices(policy: VLMPolicy) -> list[int]:
+    device = policy.device
+    return [device.index or 0] if device.type == "cuda" else []
+
+
 class TextActionSpace(ActionSpace):
     """``log pi = cot_weight * sum log p(CoT tokens) + sum log p(action tokens)``, logits / temperature."""
 
@@ -76,9 +81,13 @@ class TextActionSpace(ActionSpace):
         greedy: bool,
         rng: np.random.Generator,
     ) -> list[Decision]:
-        responses = policy.generate(
-            prompts, max_new_tokens=self.max_new_tokens, temperature=self.temperature, greedy=greedy
-        )
+        # generate() samples from torch's global RNG: draw its seed from the rollout's own generator so a
+        # resumed run samples exactly what an uninterrupted one would, without touching the caller's RNG.
+        with torch.random.fork_rng(devices=_devices(policy)):
+            torch.manual_seed(int(rng.integers(2**63 - 1)))
+            responses = policy.generate(
+                prompts, max_new_tokens=self.max_new_tokens, temperature=self.temperature, greedy=greedy
+            )
         tokenizer = policy.tokenizer
         decisions_input = []
         for response in responses:

@@ -8,11 +8,14 @@ Validation/test batches are lists of held-out episode seeds that the LightningMo
 
 from __future__ import annotations
 
+import pickle
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Protocol, Sequence
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_warn
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
@@ -231,6 +234,7 @@ class RolloutDataModule(L.LightningDataModule):
         self.rng: np.random.Generator | None = None
         self.last_rollout: Rollout | None = None
         self.last_rollout_stats: dict[str, float] = {}
+        self._loader: tuple[int, DataLoader] | None = None
 
     @property
     def env_cls(self) -> type:
@@ -261,6 +265,17 @@ class RolloutDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ training
     def train_dataloader(self) -> DataLoader:
+        """This epoch's rollout as minibatches. Lightning may ask twice before an update (on resume it loads
+        at run start and again at the epoch's start): a new rollout is collected only once the policy has
+        changed, i.e. once the optimizer has stepped since the last one."""
+        version = self.trainer.global_step
+        if self._loader is not None and self._loader[0] == version:
+            return self._loader[1]
+        loader = self._collect_and_serve()
+        self._loader = (version, loader)
+        return loader
+
+    def _collect_and_serve(self) -> DataLoader:
         agent: Agent = self.trainer.lightning_module
         pool = self._train_pool()
         rollout = collect_rollout(
@@ -287,9 +302,9 @@ class RolloutDataModule(L.LightningDataModule):
             for t, row in enumerate(rollout.decisions)
             for i, d in enumerate(row)
         ]
-        generator = torch.Generator().manual_seed(
-            int(seed_stream(self.seed, "sampler", self._rank, 1 + self.trainer.current_epoch).generate_state(1)[0])
-        )
+        # Minibatch order comes from the rollout generator (checkpointed), not from the epoch number, which
+        # Lightning reports differently while it restores a run.
+        generator = torch.Generator().manual_seed(int(self.rng.integers(2**63 - 1)))
         return DataLoader(
             items,
             batch_size=self.minibatch_size,
@@ -311,6 +326,41 @@ class RolloutDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return DataLoader(self.eval_seeds("test"), batch_size=None, collate_fn=lambda seeds: seeds)
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Every rank's rollout state (envs mid-episode, samplers, RNGs), gathered so one file resumes all ranks."""
+        mine = pickle.dumps(
+            {
+                "pool": self.pool.snapshot() if self.pool is not None else None,
+                "rng": self.rng.bit_generator.state if self.rng is not None else None,
+                "torch_rng": torch.get_rng_state(),
+                "numpy_rng": np.random.get_state(),
+                "python_rng": random.getstate(),
+            }
+        )
+        ranks = [mine]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            ranks = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(ranks, mine)
+        return {"rank_states": ranks}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        ranks = state.get("rank_states", [])
+        if len(ranks) != self._world:
+            rank_zero_warn(
+                f"checkpoint holds rollout state for {len(ranks)} rank(s), this run has {self._world}: "
+                "envs restart from fresh episodes (weights, optimizer and schedule still resume)"
+            )
+            return
+        mine = pickle.loads(ranks[self._rank])
+        torch.set_rng_state(mine["torch_rng"])
+        np.random.set_state(mine["numpy_rng"])
+        random.setstate(mine["python_rng"])
+        if mine["pool"] is not None:
+            self.pool = EnvPool.restore(mine["pool"])
+            self.rng = np.random.default_rng()
+            self.rng.bit_generator.state = mine["rng"]
 
     def teardown(self, stage: str) -> None:
         for pool in (self.pool, self.eval_pool):

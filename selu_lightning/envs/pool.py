@@ -125,6 +125,21 @@ class EnvPool:
             outcomes.append(outcome)
         return outcomes
 
+    def snapshot(self) -> dict[str, Any]:
+        """Everything needed to continue exactly here: envs mid-episode (with their RNGs) and episode trackers."""
+        return {"envs": self.envs, "states": self.states, "trackers": self._trackers, "env_cls": self.env_cls,
+                "first_seeds": self._first_seeds}  # fmt: skip
+
+    @classmethod
+    def restore(cls, snapshot: dict[str, Any]) -> "EnvPool":
+        pool = cls.__new__(cls)
+        pool.env_cls = snapshot["env_cls"]
+        pool.envs = snapshot["envs"]
+        pool.states = snapshot["states"]
+        pool._trackers = snapshot["trackers"]
+        pool._first_seeds = snapshot["first_seeds"]
+        return pool
+
     def close(self) -> None:
         for env in self.envs:
             env.close()

@@ -80,7 +80,6 @@ class ActorPPO(L.LightningModule):
         self.policy = VLMPolicy(policy)
         self.action_space = action_space
         self.strict_loading = False  # checkpoints hold only the trained weights (adapter + value head)
-        self._env_steps_total = 0.0
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
@@ -172,9 +171,8 @@ class ActorPPO(L.LightningModule):
         )
         total = dict(zip(keys, summed.tolist()))
         seconds = total["seconds"] / self.trainer.world_size  # ranks roll out in parallel
-        self._env_steps_total += total["steps"]
         metrics = {
-            "train/env_steps": self._env_steps_total,
+            "train/env_steps": total["steps"] * (self.current_epoch + 1),  # every epoch collects as many steps
             "perf/env_steps_per_s": total["steps"] / max(seconds, 1e-9),
             "perf/gen_tokens_per_s": total["generated_tokens"] / max(total["decide_seconds"] / self.trainer.world_size, 1e-9),
             "train/parse_failure_rate": total["parse_failures"] / max(total["steps"], 1.0),
@@ -227,3 +225,13 @@ class ActorPPO(L.LightningModule):
         """Keep only trained weights (LoRA adapter + value head, or everything when training fully)."""
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Loading is non-strict (base weights come from the model folder), so check the trained ones are all there."""
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        missing = sorted(trainable - set(checkpoint.get("state_dict", {})))
+        if missing:
+            raise ConfigError(
+                f"checkpoint lacks {len(missing)} trained weight(s) of this model (e.g. {missing[0]}): "
+                "was it written with another model.policy configuration?"
+            )

@@ -58,9 +58,10 @@ class NumberLineEnv(TextVisualEnv):
         state = (options or {}).get("state")
         if state is None:
             self.position = int(self.np_random.integers(0, self.MAX_POSITION + 1))
-            # Target uniform over the other positions.
+            # Target uniform over the other five positions: draw among them, skipping the start.
             self.target = int(self.np_random.integers(0, self.MAX_POSITION))
-            self.target += self.target >= self.position
+            if self.target >= self.position:
+                self.target += 1
         else:
             self.position, self.target = int(state["position"]), int(state["target"])
             if not (0 <= self.position <= self.MAX_POSITION and 0 <= self.target <= self.MAX_POSITION):

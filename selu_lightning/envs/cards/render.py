@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 __all__ = [
+    "CANVAS",
     "SUITS",
     "Card",
     "parse_rank",
@@ -137,7 +138,9 @@ def card_back(width: int, height: int) -> Image.Image:
     return img
 
 
-def paste_row(canvas: Image.Image, cards: Sequence[Image.Image], top: int, left: int = 10, right: int = CANVAS - 10) -> None:
+def paste_row(
+    canvas: Image.Image, cards: Sequence[Image.Image], top: int, left: int = 10, right: int = CANVAS - 10
+) -> None:
     """Paste card images left to right, centred in [left, right]; overlap them when they do not fit side by side."""
     if not cards:
         return
@@ -170,15 +173,24 @@ def wrap_words(text: str, size: int, max_width: int) -> list[str]:
     return lines
 
 
+@lru_cache(maxsize=4096)
+def _text_mask(text: str, size: int) -> tuple[Image.Image, int, int]:
+    # Rasterising text costs ~0.15 ms a call; labels and formulas repeat, so keep their coverage masks.
+    f = font(size)
+    left, top, right, bottom = f.getbbox(text)
+    mask = Image.new("L", (max(1, right - left), max(1, bottom - top)), 0)
+    ImageDraw.Draw(mask).text((-left, -top), text, fill=255, font=f)
+    return mask, left, top
+
+
 def draw_lines(
     canvas: Image.Image, lines: Sequence[str], xy: tuple[int, int], size: int, fill=BLACK, spacing: int = 4
 ) -> None:
-    """Draw ``lines`` top-down starting at ``xy``."""
-    draw = ImageDraw.Draw(canvas)
-    f = font(size)
+    """Draw ``lines`` top-down starting at ``xy`` (the top-left of the first line's text box)."""
     x, y = xy
     for line in lines:
-        draw.text((x, y), line, fill=fill, font=f)
+        mask, dx, dy = _text_mask(line, size)
+        canvas.paste(fill, (x + dx, y + dy, x + dx + mask.width, y + dy + mask.height), mask)
         y += size + spacing
 
 
