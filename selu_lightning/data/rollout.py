@@ -138,18 +138,43 @@ def play_episodes(
     return [results[i] for i in range(len(seeds))]
 
 
-class PPOEpochSampler(Sampler[int]):
-    """``ppo_epochs`` passes over the buffer, each a fresh permutation from a seeded generator."""
+class PPOEpochSampler(Sampler[list[int]]):
+    """Minibatches for ``ppo_epochs`` passes over the buffer, each pass a fresh seeded permutation.
 
-    def __init__(self, size: int, ppo_epochs: int, generator: torch.Generator) -> None:
-        self.size, self.ppo_epochs, self.generator = size, ppo_epochs, generator
+    Length-aware: each pass is cut into groups of ``group`` minibatches; within a group transitions are
+    sorted by token count before being split, so a minibatch holds sequences of similar length and pads
+    little; the minibatch order is then shuffled. ``group=1`` is a plain shuffle.
+    """
 
-    def __iter__(self) -> Iterator[int]:
+    def __init__(
+        self, lengths: Sequence[int], batch_size: int, ppo_epochs: int, generator: torch.Generator, group: int = 8
+    ) -> None:
+        self.lengths, self.batch_size, self.ppo_epochs = list(lengths), batch_size, ppo_epochs
+        self.generator, self.group = generator, max(int(group), 1)
+
+    def _one_pass(self) -> list[list[int]]:
+        order = torch.randperm(len(self.lengths), generator=self.generator).tolist()
+        span = self.batch_size * self.group
+        batches = []
+        for start in range(0, len(order), span):
+            chunk = sorted(order[start : start + span], key=lambda i: self.lengths[i])
+            batches += [chunk[k : k + self.batch_size] for k in range(0, len(chunk), self.batch_size)]
+        shuffle = torch.randperm(len(batches), generator=self.generator).tolist()
+        return [batches[k] for k in shuffle]
+
+    def __iter__(self) -> Iterator[list[int]]:
         for _ in range(self.ppo_epochs):
-            yield from torch.randperm(self.size, generator=self.generator).tolist()
+            yield from self._one_pass()
 
     def __len__(self) -> int:
-        return self.size * self.ppo_epochs
+        return self.ppo_epochs * -(-len(self.lengths) // self.batch_size)
+
+
+def sample_tokens(sample: dict[str, Any]) -> int:
+    """Tokens a stored decision costs to score again: its prompt once per continuation, plus continuations."""
+    prompt = int(sample["prompt"]["input_ids"].numel())
+    conts = sample.get("candidates") or [sample.get("response", torch.zeros(0))]
+    return sum(prompt + int(c.numel()) for c in conts)
 
 
 def collate_transitions(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -177,6 +202,7 @@ class RolloutDataModule(L.LightningDataModule):
         gamma: float = 0.9,
         gae_lambda: float = 0.95,
         normalize_advantages: bool = True,
+        length_grouping: int = 8,
         seed: int = 0,
         val_episodes: int = 100,
         test_episodes: int = 200,
@@ -196,6 +222,8 @@ class RolloutDataModule(L.LightningDataModule):
             gamma: Discount factor.
             gae_lambda: GAE's lambda.
             normalize_advantages: Zero-mean, unit-std advantages over the whole buffer (of all ranks).
+            length_grouping: Sort transitions by length within groups of this many minibatches, so each
+                minibatch pads little (1: plain shuffle).
             seed: Seeds every env, sampler and the minibatch order together with the rank and env index.
             val_episodes: Held-out episodes per validation run (split over ranks).
             test_episodes: Held-out episodes for ``selu test``.
@@ -223,6 +251,7 @@ class RolloutDataModule(L.LightningDataModule):
         self.gamma = gamma
         self.gae_lambda = gae_lambda
         self.normalize_advantages = normalize_advantages
+        self.length_grouping = length_grouping
         self.seed = seed
         self.val_episodes = val_episodes
         self.test_episodes = test_episodes
@@ -305,12 +334,9 @@ class RolloutDataModule(L.LightningDataModule):
         # Minibatch order comes from the rollout generator (checkpointed), not from the epoch number, which
         # Lightning reports differently while it restores a run.
         generator = torch.Generator().manual_seed(int(self.rng.integers(2**63 - 1)))
-        return DataLoader(
-            items,
-            batch_size=self.minibatch_size,
-            sampler=PPOEpochSampler(len(items), self.ppo_epochs, generator),
-            collate_fn=collate_transitions,
-        )
+        lengths = [sample_tokens(it["sample"]) for it in items]
+        sampler = PPOEpochSampler(lengths, self.minibatch_size, self.ppo_epochs, generator, self.length_grouping)
+        return DataLoader(items, batch_sampler=sampler, collate_fn=collate_transitions)
 
     # ------------------------------------------------------------------ evaluation
     def eval_seeds(self, stage: str) -> list[list[int]]:

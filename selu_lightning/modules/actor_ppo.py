@@ -116,9 +116,14 @@ class ActorPPO(L.LightningModule):
             for s in states
         ]
 
+    def _precision(self) -> Any:
+        """The trainer's precision context (e.g. bf16 autocast), so rollouts score exactly as updates do."""
+        trainer = self._trainer
+        return trainer.precision_plugin.forward_context() if trainer is not None else nullcontext()
+
     @torch.no_grad()
     def decide(self, states: Sequence[EnvState], task: str, *, greedy: bool, rng: np.random.Generator) -> list[Decision]:
-        with eval_mode(self):
+        with eval_mode(self), self._precision():
             return self.action_space.act(
                 self.policy, self._prompts(states, task), [s.legal_actions for s in states], greedy=greedy, rng=rng
             )
@@ -126,7 +131,7 @@ class ActorPPO(L.LightningModule):
     @torch.no_grad()
     def state_values(self, states: Sequence[EnvState], task: str) -> list[float]:
         prompts = self._prompts(states, task)
-        with eval_mode(self):
+        with eval_mode(self), self._precision():
             out = self.policy.score(prompts, [torch.zeros(0, dtype=torch.long)] * len(prompts))
         return out.values.float().cpu().tolist()
 

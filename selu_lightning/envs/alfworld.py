@@ -1,0 +1,464 @@
+"""ALFWorld on the real TextWorld PDDL engine, with a schematic frame of what the agent sees (RL4VLM's 6th task).
+
+The engine is TextWorld's ``PddlEnv`` wrapped by ALFWorld's own ``AlfredDemangler`` (ids -> "cabinet 3") and
+``AlfredInfos``, as ``textworld.gym.register_games(..., wrappers=[AlfredDemangler(), AlfredInfos])`` builds it; used
+directly rather than through ``textworld.gym`` so that ``reset`` picks the game with the env's seeded RNG and sees the
+raw PDDL facts the reward needs. Fast Downward (bundled with TextWorld) computes the admissible commands and the
+expert plan.
+
+Games are ``.tw-pddl`` files (:mod:`selu_lightning.envs.alfworld_tasks` generates them offline; ALFWorld's released
+``game.tw-pddl`` files work too). A small set of all six task types ships with the package.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+from itertools import product
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from selu_lightning.envs.alfworld_tasks import alfworld_data_dir, engine_guard
+from selu_lightning.envs.base import TextVisualEnv, register_env
+from selu_lightning.envs.render import render_scene
+
+__all__ = ["AlfWorldEnv", "GoalProgress", "open_engine", "SHIPPED_TASKS"]
+
+alfworld_data_dir()  # before anything imports alfworld (it creates that folder on import)
+
+try:
+    import fast_downward
+    import textworld
+    from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredInfos
+    from textworld.envs.pddl import PddlEnv
+except ImportError as err:  # pragma: no cover - exercised only without the extra installed
+    raise ImportError(
+        f"{err}; the alfworld env needs `pip install alfworld==0.4.2 textworld==1.7.0` "
+        "(or `pip install selu_lightning[alfworld]`)"
+    ) from err
+
+#: The games that ship with the package: ``train/`` and ``eval/`` (unseen floor plans), all six task types.
+SHIPPED_TASKS = Path(__file__).parent / "data" / "alfworld"
+NOTHING_HAPPENS = "Nothing happens."
+
+
+def _request_infos() -> "textworld.EnvInfos":
+    return textworld.EnvInfos(won=True, admissible_commands=True, policy_commands=True, facts=True, feedback=True)
+
+
+#: Fast Downward libraries freed by closed engines. Each engine needs its own copy (the library keeps one planning
+#: task in globals); unloading one with dlclose crashes the process at exit, so copies are kept and reused instead.
+_FREE_LIBS: list = []
+
+
+class _PddlEngine(PddlEnv):
+    """TextWorld's ``PddlEnv``, taking its Fast Downward copy from the pool of freed ones when there is one."""
+
+    def __init__(self, infos: "textworld.EnvInfos") -> None:
+        textworld.Environment.__init__(self, infos)
+        self.downward_lib = _FREE_LIBS.pop() if _FREE_LIBS else fast_downward.load_lib()
+
+
+def _make_engine():
+    engine = _PddlEngine(_request_infos())
+    for wrapper in (AlfredDemangler(), AlfredInfos):
+        engine = wrapper(engine)
+    return engine
+
+
+def _close_engine(engine) -> None:
+    inner = engine.unwrapped
+    lib = getattr(inner, "downward_lib", None)
+    if lib is not None:
+        lib.cleanup()  # frees the loaded task; the copy is reused by the next engine
+        inner.downward_lib = None
+        _FREE_LIBS.append(lib)
+
+
+@contextmanager
+def open_engine(game: dict[str, Any] | str | Path) -> Iterator[Any]:
+    """A loaded TextWorld engine for one game (a ``.tw-pddl`` path or its JSON), closed on exit."""
+    engine = _make_engine()
+    try:
+        with engine_guard():
+            engine.load(str(game) if isinstance(game, Path) else game)
+        yield engine
+    finally:
+        _close_engine(engine)
+
+
+# --- goal progress ------------------------------------------------------------------------------------------------
+
+
+def _sexp(text: str) -> list:
+    tokens = re.findall(r"\(|\)|[^\s()]+", re.sub(r";[^\n]*", "", text).lower())
+    stack: list[list] = [[]]
+    for tok in tokens:
+        if tok == "(":
+            stack.append([])
+        elif tok == ")":
+            done = stack.pop()
+            stack[-1].append(done)
+        else:
+            stack[-1].append(tok)
+    return stack[0]
+
+
+def _section(tree: list, key: str) -> list | None:
+    for node in tree:
+        if isinstance(node, list) and node and node[0] == key:
+            return node
+        if isinstance(node, list):
+            found = _section(node, key)
+            if found is not None:
+                return found
+    return None
+
+
+def _typed(items: list[str]) -> list[tuple[str, str]]:
+    """``[a, b, -, t, c, -, u]`` -> ``[(a, t), (b, t), (c, u)]``."""
+    out, pending = [], []
+    it = iter(items)
+    for tok in it:
+        if tok == "-":
+            kind = next(it)
+            out += [(name, kind) for name in pending]
+            pending = []
+        else:
+            pending.append(tok)
+    return out + [(name, "object") for name in pending]
+
+
+@lru_cache(maxsize=8)
+def _fluent_predicates(domain: str) -> frozenset[str]:
+    """Predicates some action changes (named in an ``:effect``); the others are static facts of the problem."""
+    found: set[str] = set()
+
+    def heads(node) -> None:
+        if isinstance(node, list) and node:
+            if isinstance(node[0], str) and node[0] not in ("and", "not", "when", "forall", "increase"):
+                found.add(node[0])
+            for child in node[1:] if isinstance(node[0], str) else node:
+                heads(child)
+
+    tree = _sexp(domain)
+    for node in _section(tree, "define") or tree:
+        if isinstance(node, list) and node and node[0] == ":action":
+            effect = node[node.index(":effect") + 1]
+            heads(effect)
+    return frozenset(found)
+
+
+@dataclass
+class _Group:
+    variables: list[tuple[str, str]]
+    constraints: list[tuple[bool, str, tuple[str, ...]]]  # (positive, predicate, args): must hold
+    conditions: list[tuple[bool, str, tuple[str, ...]]]  # fluent literals: the goal conditions counted
+
+
+class GoalProgress:
+    """Fraction of a PDDL goal's conditions that hold now.
+
+    The goal is split into its top-level conjuncts (``(and G1 G2 ...)``); each is an existential over typed
+    variables whose body is a conjunction of literals (nested ``exists`` flattened). A literal on a *fluent* predicate
+    (one some domain action changes: ``inReceptacle``, ``isHot``, ``holds``, ``atLocation``, ``isToggled`` ...) is a
+    goal condition; a literal on a static predicate (``objectType``, ``receptacleType``, ``receptacleAtLocation``,
+    ``cleanable``, ``=``) only restricts which objects may be bound. For each conjunct, the binding that satisfies
+    its static literals and the most conditions counts; the fraction is the sum of those bests over the total number
+    of conditions. It is 1 exactly when the goal holds. For ALFWorld's task types:
+
+    - pick & place: 1 condition (an object of the type in a receptacle of the type);
+    - clean / heat / cool & place: 2 (the object clean/hot/cool; the same object in the receptacle);
+    - pick two: 2 (two distinct objects in the same receptacle);
+    - look at X under the lamp: 4 (lamp switched on; lamp in a receptacle - already true at the start; agent at that
+      receptacle's location; X held), so that type starts at 0.25.
+
+    Goals with ``or``/``forall``/``imply`` fall back to 0/1 on the engine's own goal check (``won``).
+    """
+
+    def __init__(self, domain: str, problem: str) -> None:
+        tree = _sexp(problem)
+        self.fluents = _fluent_predicates(domain)
+        objects = _section(tree, ":objects")
+        self.by_type: dict[str, list[str]] = {}
+        for name, kind in _typed(objects[1:] if objects else []):
+            self.by_type.setdefault(kind, []).append(name)
+        goal = _section(tree, ":goal")
+        self.groups: list[_Group] | None = None
+        try:
+            body = goal[1]
+            conjuncts = body[1:] if body[0] == "and" else [body]
+            self.groups = [self._group(c) for c in conjuncts]
+        except (TypeError, IndexError, ValueError):
+            self.groups = None
+        self.total = sum(len(g.conditions) for g in self.groups) if self.groups else 1
+
+    def _group(self, node: list) -> _Group:
+        group = _Group([], [], [])
+
+        def walk(n: list) -> None:
+            head = n[0]
+            if head == "exists":
+                group.variables += _typed(n[1])
+                walk(n[2])
+            elif head == "and":
+                for child in n[1:]:
+                    walk(child)
+            elif head == "not" and isinstance(n[1], list) and n[1][0] not in ("and", "or", "exists"):
+                self._literal(group, False, n[1])
+            elif head in ("or", "forall", "imply", "not", "when"):
+                raise ValueError(f"unsupported goal operator {head!r}")
+            else:
+                self._literal(group, True, n)
+
+        walk(node)
+        return group
+
+    def _literal(self, group: _Group, positive: bool, atom: list) -> None:
+        literal = (positive, atom[0], tuple(atom[1:]))
+        (group.conditions if atom[0] in self.fluents else group.constraints).append(literal)
+
+    def __call__(self, facts: dict[str, set[tuple[str, ...]]], won: bool) -> float:
+        if self.groups is None or self.total == 0:
+            return float(won)
+        return sum(self._best(g, facts) for g in self.groups) / self.total
+
+    @staticmethod
+    def _holds(literal, binding: dict[str, str], facts) -> bool | None:
+        positive, pred, args = literal
+        values = tuple(binding.get(a, a) if a.startswith("?") else a for a in args)
+        if any(v.startswith("?") for v in values):
+            return None
+        truth = (values[0] == values[1]) if pred == "=" else values in facts.get(pred, ())
+        return truth == positive
+
+    def _best(self, group: _Group, facts) -> int:
+        best = 0
+        kinds = dict(group.variables)
+
+        def search(binding: dict[str, str], todo: list) -> None:
+            nonlocal best
+            if best == len(group.conditions):
+                return
+            # Check every constraint already ground; extend the binding through a positive one that is not.
+            pending = []
+            for literal in todo:
+                truth = self._holds(literal, binding, facts)
+                if truth is False:
+                    return
+                if truth is None:
+                    pending.append(literal)
+            extend = next((lit for lit in pending if lit[0] and lit[1] != "="), None)
+            if extend is not None:
+                rest = [lit for lit in pending if lit is not extend]
+                _, pred, args = extend
+                for values in facts.get(pred, ()):
+                    if len(values) != len(args):
+                        continue
+                    new = dict(binding)
+                    if all(new.setdefault(a, v) == v if a.startswith("?") else a == v for a, v in zip(args, values)):
+                        search(new, rest)
+                return
+            free = [v for v in kinds if v not in binding]
+            for values in product(*(self.by_type.get(kinds[v], []) for v in free)):
+                full = binding | dict(zip(free, values))
+                if any(self._holds(lit, full, facts) is False for lit in pending):
+                    continue
+                best = max(best, sum(bool(self._holds(c, full, facts)) for c in group.conditions))
+                if best == len(group.conditions):
+                    return
+
+        search({}, list(group.constraints))
+        return best
+
+
+def _index(facts) -> dict[str, set[tuple[str, ...]]]:
+    out: dict[str, set[tuple[str, ...]]] = {}
+    for fact in facts:
+        out.setdefault(fact.name.lower(), set()).add(tuple(v.name.lower() for v in fact.arguments))
+    return out
+
+
+# --- the env ------------------------------------------------------------------------------------------------------
+
+
+@register_env("alfworld")
+class AlfWorldEnv(TextVisualEnv):
+    """One ALFWorld household task per episode, played through text commands.
+
+    ``reset`` draws a game of the split uniformly with the env's seeded RNG (``options={"task": i}`` picks game ``i``
+    of the sorted list). ``obs["text"]`` is the engine's text: the room and the task at the start, then the feedback
+    of the last command. ``info``: ``legal_actions`` = the engine's admissible commands (sorted), ``goal`` = the task
+    sentence, ``success`` = the game is won, ``expert_plan`` = Fast Downward's plan from the current state,
+    ``goal_conditions`` = the fraction of goal conditions met (see :class:`GoalProgress`), ``admissible`` = whether the
+    last command was admissible, ``task_type`` and ``gamefile``.
+
+    Reward per step (RL4VLM): ``50 * won + goal_conditions - (1 if the command was not admissible)``. Winning
+    terminates; the episode is truncated after ``max_steps`` commands. A command that is not admissible (any string
+    not in ``legal_actions``, compared after stripping whitespace) leaves the game as it was: the engine's answer to
+    it is "Nothing happens.", legal actions and frame do not change, and it counts as a step.
+
+    The frame (``render_scene``) shows where the agent is, then what it can see there: the receptacles at its location
+    (open/closed), the objects in those it can look into, and what it holds, each with its state (hot, cold, clean,
+    on). In the middle of the room it shows the receptacles around.
+    """
+
+    task_description = (
+        "You are a household robot in the ALFRED embodied environment, playing ALFWorld. The image sketches where you "
+        "are and what you can see: the receptacles next to you (open or closed), the objects in them and what you "
+        "hold. Each turn, choose one of the admissible text commands: go to a receptacle, open or close it, take an "
+        "object from it, move an object to it, heat/cool/clean an object with a microwave/fridge/sinkbasin, use a "
+        "lamp, examine, look or inventory. Complete the task in at most 50 commands: finishing it scores 50, each "
+        "step also scores the fraction of the task's conditions already met, and an inadmissible command costs 1."
+    )
+
+    def __init__(
+        self,
+        split: str = "train",
+        tasks_dir: str | None = None,
+        text_state: bool = True,
+        image_size: int = 300,
+        max_steps: int = 50,
+    ) -> None:
+        """``split``: "train" or "eval" (a folder of ``tasks_dir``); ``tasks_dir``: default the shipped games."""
+        super().__init__(text_state=text_state, image_size=image_size)
+        if split not in ("train", "eval"):
+            raise ValueError(f"split must be 'train' or 'eval'; got {split!r}")
+        if max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1; got {max_steps}")
+        root = Path(tasks_dir) if tasks_dir is not None else SHIPPED_TASKS
+        self.tasks = sorted((root / split).rglob("*.tw-pddl"))
+        if not self.tasks:
+            raise FileNotFoundError(f"no .tw-pddl games under {root / split}")
+        self.split = split
+        self.max_steps = max_steps
+        self.render_mode = "rgb_array"
+        self._engine = None
+        self._loaded: Path | None = None
+        self._over = True
+
+    # The engine is built on first reset: a pool of envs costs nothing until used.
+    def _load(self, path: Path) -> None:
+        if self._engine is None:
+            self._engine = _make_engine()
+        if path != self._loaded:
+            game = json.loads(path.read_text())
+            with engine_guard():
+                self._engine.load(game)
+            self._progress = GoalProgress(game["pddl_domain"], game["pddl_problem"])
+            meta = game.get("selu_task", {})
+            self._task_type = meta.get("goal_type", "")
+            self._goal = meta.get("description")
+            self._loaded = path
+
+    def reset(self, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        options = options or {}
+        index = int(options["task"]) if "task" in options else int(self.np_random.integers(len(self.tasks)))
+        self._load(self.tasks[index])
+        with engine_guard():
+            self._state = self._engine.reset()
+        if not self._goal:
+            match = re.search(r"Your task is to: (.*)", self._state["feedback"])
+            self._goal = match.group(1).strip().rstrip(".") if match else ""
+        self._text = self._state["feedback"].strip()
+        self.steps = 0
+        self._admissible = True
+        self._over = False
+        self._refresh()
+        return self._obs(), self._info()
+
+    def step(self, action: str):
+        if self._over:
+            raise RuntimeError("the episode is over (or never started): call reset()")
+        self.steps += 1
+        command = str(action).strip()
+        self._admissible = command in self._state["admissible_commands"]
+        if self._admissible:
+            with engine_guard():
+                self._state, _, _ = self._engine.step(command)
+            self._text = self._state["feedback"].strip()
+            self._refresh()
+        else:
+            self._text = NOTHING_HAPPENS  # what the engine answers; skipping it saves a replan
+        won = bool(self._state["won"])
+        reward = 50.0 * won + self._fraction - (0.0 if self._admissible else 1.0)
+        terminated = won
+        truncated = not terminated and self.steps >= self.max_steps
+        self._over = terminated or truncated
+        return self._obs(), reward, terminated, truncated, self._info()
+
+    def _refresh(self) -> None:
+        self._facts = _index(self._state["_facts"])
+        self._fraction = self._progress(self._facts, bool(self._state["won"]))
+        self._frame = self._draw()
+
+    def _name(self, entity: str) -> str:
+        info = self._state["_entity_infos"].get(entity)
+        return (info.name if info is not None and info.name else entity).strip()
+
+    def _draw(self) -> np.ndarray:
+        facts = self._facts
+        at = {loc for agent, loc in facts.get("atlocation", ())}
+        here = sorted((r for r, loc in facts.get("receptacleatlocation", ()) if loc in at), key=self._name)
+        opened = {r for (r,) in facts.get("opened", ())}
+        openable = {r for (r,) in facts.get("openable", ())}
+        held = sorted(o for _, o in facts.get("holds", ()))
+
+        def state_of(o: str) -> str:
+            marks = (("ishot", "hot"), ("iscool", "cold"), ("isclean", "clean"), ("ison", "on"), ("issliced", "sliced"))
+            return ", ".join(word for pred, word in marks if (o,) in facts.get(pred, ()))
+
+        items: list[tuple[str, str]] = []
+        for o in held:
+            items.append((self._name(o), ("held " + state_of(o)).strip()))
+        if here:
+            title = "At " + ", ".join(self._name(r) for r in here)
+            for r in here:
+                visible = r not in openable or r in opened
+                items.append((self._name(r), "open" if r in opened else "closed" if r in openable else "receptacle"))
+                if visible:
+                    inside = sorted((o for o, rr in facts.get("inreceptacle", ()) if rr == r), key=self._name)
+                    items += [(self._name(o), state_of(o) or "in " + self._name(r)) for o in inside]
+        else:
+            title = "Middle of the room"
+            rooms = sorted({r for r, _ in facts.get("receptacleatlocation", ())}, key=self._name)
+            items += [(self._name(r), "closed" if r in openable and r not in opened else "") for r in rooms]
+        return render_scene(title, items, size=self.image_size)
+
+    def render(self) -> np.ndarray:
+        return self._frame
+
+    def _obs(self) -> dict[str, Any]:
+        return {"image": self._frame, "text": self._text if self.text_state else ""}
+
+    def _info(self) -> dict[str, Any]:
+        return {
+            "legal_actions": list(self._state["admissible_commands"]),
+            "goal": self._goal,
+            "success": bool(self._state["won"]),
+            "expert_plan": list(self._state.get("policy_commands") or []),
+            "goal_conditions": self._fraction,
+            "admissible": self._admissible,
+            "task_type": self._task_type,
+            "gamefile": str(self._loaded),
+        }
+
+    def close(self) -> None:
+        if self._engine is not None:
+            _close_engine(self._engine)
+            self._engine = None
+            self._loaded = None
+        self._over = True
+        super().close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
