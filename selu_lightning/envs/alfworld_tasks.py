@@ -72,6 +72,9 @@ _LAMP_STANDS = {"Desk", "Dresser", "SideTable", "Shelf", "CoffeeTable", "DiningT
 #: Type constants the domain's actions name; every problem must declare them.
 _DOMAIN_OTYPES = ("KnifeType", "ButterKnifeType")
 _DOMAIN_RTYPES = ("SinkBasinType", "MicrowaveType", "FridgeType")
+#: Other object types per game. Fast Downward's translation (on every reset) and search grow with objects x
+#: receptacles; ALFRED's own problems list only the task's objects. 8 keeps a kitchen reset well under a second.
+DISTRACTOR_TYPES = 8
 _MAX_PLAN = 30  # ALFRED discards plans over 100 low-level steps; 30 high-level commands keeps games within 50 steps
 
 
@@ -179,10 +182,14 @@ def _scenes(split: str) -> list[int]:
     return [s for s in pool if (folder / f"FloorPlan{s}-openable.json").exists()]
 
 
-def sample_task(rng: np.random.Generator, goal_type: str, split: str = "train") -> TaskSpec | None:
+def sample_task(
+    rng: np.random.Generator, goal_type: str, split: str = "train", distractors: int = DISTRACTOR_TYPES
+) -> TaskSpec | None:
     """One random task of ``goal_type`` on a floor plan of ``split`` (train: ALFRED's seen scenes, eval: unseen).
 
-    Returns None when the drawn floor plan cannot host the task type; call again with the same generator.
+    Besides the target objects, up to ``distractors`` other portable object types of the scene get one or two
+    instances each. Returns None when the drawn floor plan cannot host the task type; call again with the same
+    generator.
     """
     constants, goal_library, _ = _alfworld()
     fits = _fits()
@@ -216,9 +223,11 @@ def sample_task(rng: np.random.Generator, goal_type: str, split: str = "train") 
         return None
     obj, parent = pairs[int(rng.integers(len(pairs)))]
 
+    others = [t for t in portable if t != obj]
+    keep = sorted(rng.choice(others, size=min(distractors, len(others)), replace=False).tolist()) if others else []
     placements: dict[str, str] = {}
     rec_ids = sorted(layout.receptacles)
-    for otype in portable:
+    for otype in sorted([obj, *keep]):
         low = 2 if (otype == obj and goal_type == "pick_two_obj_and_place") else 1
         count = int(rng.integers(low, 4)) if otype == obj else int(rng.integers(1, 3))
         spots = [r for r in rec_ids if otype in fits.get(layout.receptacles[r][0], ())]

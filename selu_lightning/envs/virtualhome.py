@@ -209,8 +209,10 @@ class VirtualHomeEnv(TextVisualEnv):
     def reset(self, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         options = options or {}
-        k = int(self.np_random.integers(len(self.scene_names)))
+        k = int(self.np_random.integers(len(self.scene_names)))  # drawn even when fixed: the RNG stream stays put
         if "scene" in options:
+            if options["scene"] not in self.scene_names:
+                raise ValueError(f"scene {options['scene']!r} is not one of this env's scenes {self.scene_names}")
             k = self.scene_names.index(options["scene"])
         self.scene = self._scene(k)
         start = self.scene.rooms[int(self.np_random.integers(len(self.scene.rooms)))]
@@ -223,12 +225,15 @@ class VirtualHomeEnv(TextVisualEnv):
             wanted = _norm_goal(options["task"])
             matches = [t for t in tasks if _norm_goal(self.goal_text(t)) == wanted]
             if not matches:
-                raise ValueError(f"task {options['task']!r} is not feasible in {self.scene.name} from {self.scene.names[start]}")
+                where = f"{self.scene.name} from the {self.scene.names[start]}"
+                raise ValueError(f"task {options['task']!r} is not feasible in {where} within {self.max_steps} steps")
             self.task = matches[0]
         else:
-            kinds = [k for k in self.task_kinds if any(_kind(t) == k for t in tasks)]
+            kinds = [kind for kind in self.task_kinds if any(_kind(t) == kind for t in tasks)]
             if not kinds:
-                raise RuntimeError(f"no feasible task of kinds {self.task_kinds} in {self.scene.name} within {self.max_steps} steps")
+                raise RuntimeError(
+                    f"no feasible task of kinds {self.task_kinds} in {self.scene.name} within {self.max_steps} steps"
+                )
             kind = kinds[int(self.np_random.integers(len(kinds)))]
             pool = [t for t in tasks if _kind(t) == kind]
             self.task = pool[int(self.np_random.integers(len(pool)))]
@@ -262,8 +267,9 @@ class VirtualHomeEnv(TextVisualEnv):
     # -- graph queries -----------------------------------------------------------------------------------
     def _start_state(self, room: int) -> EnvironmentState:
         state = EnvironmentState(self.scene.graph, {}, instance_selection=True)
+        placed = [Relation.INSIDE, Relation.CLOSE, Relation.FACING, Relation.ON]
         state.apply_changes([
-            DeleteEdges(CharacterNode(_CHAR), [Relation.INSIDE, Relation.CLOSE, Relation.FACING, Relation.ON], AnyNode()),
+            DeleteEdges(CharacterNode(_CHAR), placed, AnyNode()),
             AddEdges(CharacterNode(_CHAR), Relation.INSIDE, NodeInstance(self.scene.graph.get_node(room))),
         ])  # fmt: skip
         TimeMeasurement._measurement_time.clear()
@@ -311,8 +317,8 @@ class VirtualHomeEnv(TextVisualEnv):
         self._room = _room_of(self._state, char).id
         held = self._held()
         close = {n.id for n in self._state.get_nodes_from(char, Relation.CLOSE)}
-        visible = [i for i in self.scene.objects if i not in held and _room_of(self._state, self._node(i)).id == self._room
-                   and not self._hidden(i)]  # fmt: skip
+        here = [i for i in self.scene.objects if _room_of(self._state, self._node(i)).id == self._room]
+        visible = [i for i in here if i not in held and not self._hidden(i)]
         self._visible = sorted(visible, key=lambda i: (i not in close, i))
         self._close = close
         cand: dict[str, str] = {}
@@ -450,7 +456,10 @@ class VirtualHomeEnv(TextVisualEnv):
         image = _frame(title, tuple(items), f"near: {', '.join(near)}" if near else "", self.image_size).copy()
         text = ""
         if self.text_state:
-            listed = lambda ids: ", ".join(names[i] + (f" ({d})" if (d := self._describe(i)) else "") for i in ids)  # noqa: E731
+
+            def listed(ids: list[int]) -> str:
+                return ", ".join(names[i] + (f" ({d})" if (d := self._describe(i)) else "") for i in ids)
+
             close = [i for i in self._visible if i in self._close]
             far = [i for i in self._visible if i not in self._close]
             others = [names[r] for r in self.scene.rooms if r != self._room]

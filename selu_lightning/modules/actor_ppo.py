@@ -228,8 +228,11 @@ class ActorPPO(L.LightningModule):
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep only trained weights (LoRA adapter + value head, or everything when training fully)."""
+        from selu_lightning.export import CONFIG_KEY, policy_config_to_dict
+
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        checkpoint[CONFIG_KEY] = policy_config_to_dict(self.policy.config)  # lets tools rebuild the model
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Loading is non-strict (base weights come from the model folder), so check the trained ones are all there."""
