@@ -50,6 +50,7 @@ class TextActionSpace(ActionSpace):
         cot_weight: float = 0.5,
         template: str = DEFAULT_TEMPLATE,
         with_image: bool = True,
+        min_new_tokens: int = 0,
     ) -> None:
         """
         Args:
@@ -59,6 +60,8 @@ class TextActionSpace(ActionSpace):
                 0.2 ALFWorld). 1 treats every token alike; 0 ignores the reasoning.
             template: Prompt text with ``{task}``, ``{state}``, ``{goal}``, ``{actions}`` fields.
             with_image: Put the frame in the prompt.
+            min_new_tokens: Generate at least this many tokens (EOS is blocked until then). Benchmarks use it
+                to fix the generation length; 0 lets the model stop when it likes.
         """
         if temperature <= 0:
             raise ConfigError(f"temperature must be > 0 (got {temperature}); greedy decoding is used for evaluation")
@@ -67,6 +70,7 @@ class TextActionSpace(ActionSpace):
         self.cot_weight = cot_weight
         self.template = template
         self.with_image = with_image
+        self.min_new_tokens = min_new_tokens
 
     def prompt_text(self, task: str, state: str, goal: str, legal_actions: Sequence[str]) -> str:
         return self.template.format(task=task, state=state, goal=goal, actions=", ".join(legal_actions))
@@ -86,7 +90,11 @@ class TextActionSpace(ActionSpace):
         with torch.random.fork_rng(devices=_devices(policy)):
             torch.manual_seed(int(rng.integers(2**63 - 1)))
             responses = policy.generate(
-                prompts, max_new_tokens=self.max_new_tokens, temperature=self.temperature, greedy=greedy
+                prompts,
+                max_new_tokens=self.max_new_tokens,
+                temperature=self.temperature,
+                greedy=greedy,
+                min_new_tokens=self.min_new_tokens,
             )
         tokenizer = policy.tokenizer
         decisions_input = []

@@ -12,7 +12,7 @@ import pickle
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Iterator, Literal, Protocol, Sequence
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
@@ -54,6 +54,7 @@ class Rollout:
     seconds: float = 0.0
     decide_seconds: float = 0.0
     examples: list[dict[str, Any]] = field(default_factory=list)
+    env_restarts: int = 0
 
     @property
     def num_steps(self) -> int:
@@ -72,6 +73,7 @@ class Rollout:
             "generated_tokens": float(sum(d.generated_tokens for d in flat)),
             "seconds": self.seconds,
             "decide_seconds": self.decide_seconds,
+            "env_restarts": float(self.env_restarts),
         }
 
 
@@ -85,7 +87,7 @@ def collect_rollout(
     decisions: list[list[Decision]] = []
     episodes: list[dict[str, float]] = []
     examples: list[dict[str, Any]] = []
-    start, decide_seconds = time.perf_counter(), 0.0
+    start, decide_seconds, restarts_before = time.perf_counter(), 0.0, pool.restarts
     for t in range(T):
         states = list(pool.states)
         tick = time.perf_counter()
@@ -113,7 +115,7 @@ def collect_rollout(
     next_values[-1] = torch.where(ended[-1], next_values[-1], last)
     return Rollout(
         decisions, rewards, values, next_values, logprobs, terminated, truncated,
-        episodes, time.perf_counter() - start, decide_seconds, examples,
+        episodes, time.perf_counter() - start, decide_seconds, examples, pool.restarts - restarts_before,
     )  # fmt: skip
 
 
@@ -195,6 +197,8 @@ class RolloutDataModule(L.LightningDataModule):
         self,
         env: str = "numberline",
         env_kwargs: dict[str, Any] | None = None,
+        env_workers: Literal["inprocess", "subprocess"] = "inprocess",
+        env_step_timeout: float = 60.0,
         num_envs: int = 8,
         steps_per_epoch: int = 256,
         ppo_epochs: int = 4,
@@ -214,6 +218,9 @@ class RolloutDataModule(L.LightningDataModule):
         Args:
             env: A registered env name (``numberline``, ``ezpoints``, ``points24``, ``blackjack``, ...).
             env_kwargs: Keyword arguments for the env class (e.g. ``{text_state: false}``).
+            env_workers: ``inprocess``, or ``subprocess``: one worker process per env, stepped in parallel and
+                restarted (episode dropped, counted in ``rollout/env_restarts``) if it dies or hangs.
+            env_step_timeout: Seconds a subprocess env may take for one step or reset before it is restarted.
             num_envs: Envs per rank, stepped together with one batched decision per step.
             steps_per_epoch: Env steps per rank per epoch (one PPO update); a multiple of ``num_envs``.
             ppo_epochs: Passes over each rollout buffer.
@@ -244,6 +251,8 @@ class RolloutDataModule(L.LightningDataModule):
             raise ConfigError(f"ppo_epochs ({ppo_epochs}) and minibatch_size ({minibatch_size}) must be >= 1")
         self.env = env
         self.env_kwargs = dict(env_kwargs or {})
+        self.env_workers = env_workers
+        self.env_step_timeout = env_step_timeout
         self.num_envs = num_envs
         self.steps_per_epoch = steps_per_epoch
         self.ppo_epochs = ppo_epochs
@@ -280,7 +289,10 @@ class RolloutDataModule(L.LightningDataModule):
     def _train_pool(self) -> EnvPool:
         """Built on first use (after every component's setup checks), reset once, then stepped forever."""
         if self.pool is None:
-            self.pool = EnvPool(self.env, self.num_envs, seed=self.seed, rank=self._rank, env_kwargs=self.env_kwargs)
+            self.pool = EnvPool(
+                self.env, self.num_envs, seed=self.seed, rank=self._rank, env_kwargs=self.env_kwargs,
+                workers=self.env_workers, step_timeout=self.env_step_timeout,
+            )  # fmt: skip
             self.pool.reset()
             self.rng = np.random.default_rng(seed_stream(self.seed, "sampler", self._rank))
         return self.pool
@@ -288,8 +300,9 @@ class RolloutDataModule(L.LightningDataModule):
     def eval_envs(self) -> EnvPool:
         if self.eval_pool is None:
             self.eval_pool = EnvPool(
-                self.env, self.eval_num_envs, seed=self.seed, rank=self._rank, stream="val", env_kwargs=self.env_kwargs
-            )
+                self.env, self.eval_num_envs, seed=self.seed, rank=self._rank, stream="val",
+                env_kwargs=self.env_kwargs, workers=self.env_workers, step_timeout=self.env_step_timeout,
+            )  # fmt: skip
         return self.eval_pool
 
     # ------------------------------------------------------------------ training

@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+from PIL import Image, ImageDraw
 
 from selu_lightning.envs.alfworld_tasks import alfworld_data_dir, engine_guard
 from selu_lightning.envs.base import TextVisualEnv, register_env
-from selu_lightning.envs.render import render_scene
+from selu_lightning.envs.cards.render import font
 
 __all__ = ["AlfWorldEnv", "GoalProgress", "open_engine", "SHIPPED_TASKS"]
 
@@ -45,6 +46,22 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 #: The games that ship with the package: ``train/`` and ``eval/`` (unseen floor plans), all six task types.
 SHIPPED_TASKS = Path(__file__).parent / "data" / "alfworld"
 NOTHING_HAPPENS = "Nothing happens."
+
+
+def _memoize_translation() -> None:
+    """Cache Fast Downward's PDDL -> SAS translation, a pure function TextWorld runs twice on every load AND reset.
+
+    It costs 0.2-1 s per call on a kitchen; cached, a reset of an already seen game costs milliseconds. The result's
+    task object is only read by TextWorld. Installed once, process-wide, on ``fast_downward.pddl2sas``.
+    """
+    if getattr(fast_downward.pddl2sas, "_selu_cached", False):
+        return
+    cached = lru_cache(maxsize=64)(fast_downward.pddl2sas)
+    cached._selu_cached = True
+    fast_downward.pddl2sas = cached
+
+
+_memoize_translation()
 
 
 def _request_infos() -> "textworld.EnvInfos":
@@ -284,6 +301,40 @@ def _index(facts) -> dict[str, set[tuple[str, ...]]]:
     return out
 
 
+# --- the frame ----------------------------------------------------------------------------------------------------
+
+_BG, _BAR, _TILE, _EDGE, _HELD = (245, 243, 236), (52, 73, 94), (255, 255, 255), (120, 120, 120), (255, 244, 214)
+_PALETTE = [(231, 76, 60), (46, 134, 193), (39, 174, 96), (243, 156, 18), (142, 68, 173), (22, 160, 133)]
+
+
+def _natural(name: str) -> tuple:
+    """Sort key: "cabinet 2" before "cabinet 10"."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+
+
+def draw_scene(title: str, items: list[tuple[str, str, bool]], size: int = 300) -> np.ndarray:
+    """``render_scene``'s layout with wider tiles: ALFWorld names ("countertop 3", "toiletpaper 2") run past the
+    10 characters a 3-column tile holds. ``items``: (name, state, highlighted) per tile, 2 columns x 6 rows; more are
+    counted at the bottom. One colour per object type; highlighted tiles (what the agent holds) are tinted."""
+    img = Image.new("RGB", (300, 300), _BG)
+    draw = ImageDraw.Draw(img)
+    draw.rectangle([0, 0, 299, 34], fill=_BAR)
+    draw.text((8, 8), title[:34], fill=(255, 255, 255), font=font(16))
+    shown = items[:12]
+    for k, (name, state, highlighted) in enumerate(shown):
+        x0, y0 = 6 + (k % 2) * 146, 40 + (k // 2) * 41
+        draw.rectangle([x0, y0, x0 + 141, y0 + 37], fill=_HELD if highlighted else _TILE, outline=_EDGE)
+        kind = name.rsplit(" ", 1)[0]
+        draw.ellipse([x0 + 4, y0 + 5, x0 + 14, y0 + 15], fill=_PALETTE[sum(map(ord, kind)) % len(_PALETTE)])
+        draw.text((x0 + 18, y0 + 2), name[:16], fill=(20, 20, 20), font=font(14))
+        draw.text((x0 + 18, y0 + 20), state[:20], fill=(90, 90, 90), font=font(12))
+    if len(items) > len(shown):
+        draw.text((8, 284), f"+{len(items) - len(shown)} more", fill=(60, 60, 60), font=font(12))
+    if size != 300:
+        img = img.resize((size, size), Image.BILINEAR)
+    return np.asarray(img, dtype=np.uint8).copy()
+
+
 # --- the env ------------------------------------------------------------------------------------------------------
 
 
@@ -294,8 +345,8 @@ class AlfWorldEnv(TextVisualEnv):
     ``reset`` draws a game of the split uniformly with the env's seeded RNG (``options={"task": i}`` picks game ``i``
     of the sorted list). ``obs["text"]`` is the engine's text: the room and the task at the start, then the feedback
     of the last command. ``info``: ``legal_actions`` = the engine's admissible commands (sorted), ``goal`` = the task
-    sentence, ``success`` = the game is won, ``expert_plan`` = Fast Downward's plan from the current state,
-    ``goal_conditions`` = the fraction of goal conditions met (see :class:`GoalProgress`), ``admissible`` = whether the
+    sentence, ``success`` = the game is won, ``expert_plan`` = Fast Downward's plan from the current state (see
+    ``replan``), ``goal_conditions`` = the fraction of goal conditions met (see :class:`GoalProgress`), ``admissible`` = whether the
     last command was admissible, ``task_type`` and ``gamefile``.
 
     Reward per step (RL4VLM): ``50 * won + goal_conditions - (1 if the command was not admissible)``. Winning
@@ -303,7 +354,7 @@ class AlfWorldEnv(TextVisualEnv):
     not in ``legal_actions``, compared after stripping whitespace) leaves the game as it was: the engine's answer to
     it is "Nothing happens.", legal actions and frame do not change, and it counts as a step.
 
-    The frame (``render_scene``) shows where the agent is, then what it can see there: the receptacles at its location
+    The frame (:func:`draw_scene`) shows where the agent is, then what it can see there: the receptacles at its location
     (open/closed), the objects in those it can look into, and what it holds, each with its state (hot, cold, clean,
     on). In the middle of the room it shows the receptacles around.
     """
@@ -324,8 +375,21 @@ class AlfWorldEnv(TextVisualEnv):
         text_state: bool = True,
         image_size: int = 300,
         max_steps: int = 50,
+        replan: bool = False,
     ) -> None:
-        """``split``: "train" or "eval" (a folder of ``tasks_dir``); ``tasks_dir``: default the shipped games."""
+        """Args:
+        split: "train" or "eval": the sub-folder of ``tasks_dir`` to draw games from (the shipped eval games use
+            floor plans no train game uses).
+        tasks_dir: A folder with ``train/`` and ``eval/`` ``.tw-pddl`` games (``tools/make_alfworld_tasks.py``
+            writes one); default: the games shipped with the package.
+        text_state: Also give the engine's text in ``obs["text"]``; the frame is always drawn.
+        image_size: Side of the square frame, in pixels.
+        max_steps: Commands per episode before truncation.
+        replan: Run Fast Downward after every command so that ``info["expert_plan"]`` is always a plan from the
+            current state (10 ms to seconds per step on large kitchens). Off: it is the game's stored plan (the
+            generator stores it; planned at reset if a game has none) with the steps taken so far removed while
+            the commands follow it, and None once they leave it.
+        """
         super().__init__(text_state=text_state, image_size=image_size)
         if split not in ("train", "eval"):
             raise ValueError(f"split must be 'train' or 'eval'; got {split!r}")
@@ -337,6 +401,7 @@ class AlfWorldEnv(TextVisualEnv):
             raise FileNotFoundError(f"no .tw-pddl games under {root / split}")
         self.split = split
         self.max_steps = max_steps
+        self.replan = replan
         self.render_mode = "rgb_array"
         self._engine = None
         self._loaded: Path | None = None
@@ -346,6 +411,7 @@ class AlfWorldEnv(TextVisualEnv):
     def _load(self, path: Path) -> None:
         if self._engine is None:
             self._engine = _make_engine()
+            self._engine.unwrapped.request_infos.policy_commands = self.replan
         if path != self._loaded:
             game = json.loads(path.read_text())
             with engine_guard():
@@ -353,20 +419,31 @@ class AlfWorldEnv(TextVisualEnv):
             self._progress = GoalProgress(game["pddl_domain"], game["pddl_problem"])
             meta = game.get("selu_task", {})
             self._task_type = meta.get("goal_type", "")
-            self._goal = meta.get("description")
+            self._task_goal = meta.get("description")
+            self._stored_plan = meta.get("expert_plan")
             self._loaded = path
 
     def reset(self, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         options = options or {}
         index = int(options["task"]) if "task" in options else int(self.np_random.integers(len(self.tasks)))
-        self._load(self.tasks[index])
+        self._current = self.tasks[index]
+        self._load(self._current)
         with engine_guard():
             self._state = self._engine.reset()
-        if not self._goal:
+        self._history: list[str] = []
+        self._goal = self._task_goal
+        if not self._goal:  # a game without our metadata (e.g. ALFWorld's own): the intro states the task
             match = re.search(r"Your task is to: (.*)", self._state["feedback"])
             self._goal = match.group(1).strip().rstrip(".") if match else ""
         self._text = self._state["feedback"].strip()
+        if self.replan:
+            self._plan = list(self._state["policy_commands"])
+        else:
+            if self._stored_plan is None:
+                with engine_guard():
+                    self._stored_plan = self._engine.unwrapped._pddl_state.replan(self._engine._entity_infos)
+            self._plan = list(self._stored_plan)
         self.steps = 0
         self._admissible = True
         self._over = False
@@ -376,14 +453,22 @@ class AlfWorldEnv(TextVisualEnv):
     def step(self, action: str):
         if self._over:
             raise RuntimeError("the episode is over (or never started): call reset()")
+        self._ensure_engine()
         self.steps += 1
         command = str(action).strip()
         self._admissible = command in self._state["admissible_commands"]
         if self._admissible:
             with engine_guard():
                 self._state, _, _ = self._engine.step(command)
+            self._history.append(command)
             self._text = self._state["feedback"].strip()
             self._refresh()
+            if self.replan:
+                self._plan = list(self._state["policy_commands"])
+            elif self._plan and self._plan[0] == command:
+                self._plan = self._plan[1:]
+            else:
+                self._plan = None  # off the stored plan; only a replan would know
         else:
             self._text = NOTHING_HAPPENS  # what the engine answers; skipping it saves a replan
         won = bool(self._state["won"])
@@ -404,32 +489,36 @@ class AlfWorldEnv(TextVisualEnv):
 
     def _draw(self) -> np.ndarray:
         facts = self._facts
-        at = {loc for agent, loc in facts.get("atlocation", ())}
-        here = sorted((r for r, loc in facts.get("receptacleatlocation", ()) if loc in at), key=self._name)
+        at = {loc for _, loc in facts.get("atlocation", ())}
         opened = {r for (r,) in facts.get("opened", ())}
         openable = {r for (r,) in facts.get("openable", ())}
-        held = sorted(o for _, o in facts.get("holds", ()))
+        marks = (("ishot", "hot"), ("iscool", "cold"), ("isclean", "clean"), ("ison", "on"), ("issliced", "sliced"))
 
         def state_of(o: str) -> str:
-            marks = (("ishot", "hot"), ("iscool", "cold"), ("isclean", "clean"), ("ison", "on"), ("issliced", "sliced"))
             return ", ".join(word for pred, word in marks if (o,) in facts.get(pred, ()))
 
-        items: list[tuple[str, str]] = []
-        for o in held:
-            items.append((self._name(o), ("held " + state_of(o)).strip()))
+        def sort(ids) -> list[str]:
+            return sorted(ids, key=lambda i: _natural(self._name(i)))
+
+        items = [(self._name(o), ("held " + state_of(o)).strip(), True) for o in sort(o for _, o in facts.get("holds", ()))]
+        here = sort(r for r, loc in facts.get("receptacleatlocation", ()) if loc in at)
         if here:
             title = "At " + ", ".join(self._name(r) for r in here)
             for r in here:
-                visible = r not in openable or r in opened
-                items.append((self._name(r), "open" if r in opened else "closed" if r in openable else "receptacle"))
-                if visible:
-                    inside = sorted((o for o, rr in facts.get("inreceptacle", ()) if rr == r), key=self._name)
-                    items += [(self._name(o), state_of(o) or "in " + self._name(r)) for o in inside]
+                items.append((self._name(r), "open" if r in opened else "closed" if r in openable else "", False))
+                if r not in openable or r in opened:
+                    inside = sort(o for o, rr in facts.get("inreceptacle", ()) if rr == r)
+                    items += [(self._name(o), state_of(o) or "in " + self._name(r), False) for o in inside]
         else:
+            # The middle of the room: one tile per receptacle type, with how many there are.
             title = "Middle of the room"
-            rooms = sorted({r for r, _ in facts.get("receptacleatlocation", ())}, key=self._name)
-            items += [(self._name(r), "closed" if r in openable and r not in opened else "") for r in rooms]
-        return render_scene(title, items, size=self.image_size)
+            kinds: dict[str, list[str]] = {}
+            for r in {r for r, _ in facts.get("receptacleatlocation", ())}:
+                kinds.setdefault(self._name(r).rsplit(" ", 1)[0], []).append(r)
+            for kind in sorted(kinds):
+                n, closed = len(kinds[kind]), sum(r in openable and r not in opened for r in kinds[kind])
+                items.append((kind, f"{n} here" + (f", {closed} closed" if closed else ""), False))
+        return draw_scene(title, items, size=self.image_size)
 
     def render(self) -> np.ndarray:
         return self._frame
@@ -442,12 +531,29 @@ class AlfWorldEnv(TextVisualEnv):
             "legal_actions": list(self._state["admissible_commands"]),
             "goal": self._goal,
             "success": bool(self._state["won"]),
-            "expert_plan": list(self._state.get("policy_commands") or []),
+            "expert_plan": None if self._plan is None else list(self._plan),
             "goal_conditions": self._fraction,
             "admissible": self._admissible,
             "task_type": self._task_type,
             "gamefile": str(self._loaded),
         }
+
+    # Checkpoints pickle the envs mid-episode. The engine (a C library) does not pickle: drop it, and rebuild it on
+    # the next step by replaying this episode's admissible commands (the engine is deterministic).
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.update(_engine=None, _loaded=None, _state=None, _facts=None)
+        return state
+
+    def _ensure_engine(self) -> None:
+        if self._state is not None:
+            return
+        self._load(self._current)
+        with engine_guard():
+            state = self._engine.reset()
+            for command in self._history:
+                state, _, _ = self._engine.step(command)
+        self._state, self._facts = state, _index(state["_facts"])
 
     def close(self) -> None:
         if self._engine is not None:

@@ -347,7 +347,7 @@ def solve_game(game: dict[str, Any]) -> list[str] | None:
     """Plan with Fast Downward, play the plan in the TextWorld engine; the plan if it wins, else None."""
     from selu_lightning.envs.alfworld import open_engine
 
-    with open_engine(game) as engine:
+    with open_engine(game) as engine, engine_guard():
         state = engine.reset()
         plan = list(state["policy_commands"] or [])
         if not plan:

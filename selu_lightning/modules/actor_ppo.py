@@ -29,14 +29,20 @@ __all__ = ["ActorPPO"]
 
 
 @contextmanager
-def eval_mode(module: nn.Module) -> Iterator[None]:
-    """Dropout off (RL4VLM sampled with dropout on: its old log-probs were noisy)."""
-    was_training = module.training
-    module.eval()
+def eval_mode(module: nn.Module, modules: Sequence[nn.Module] | None = None) -> Iterator[None]:
+    """Dropout off (RL4VLM sampled with dropout on: its old log-probs were noisy).
+
+    ``modules`` (every submodule, listed once by the caller) skips the recursive ``.train()`` walk, which on a
+    LoRA-wrapped 7B model costs more than a small forward pass."""
+    modules = list(module.modules()) if modules is None else modules
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.__dict__["training"] = False
     try:
         yield
     finally:
-        module.train(was_training)
+        for m, mode in zip(modules, modes):
+            m.__dict__["training"] = mode
 
 
 class ActorPPO(L.LightningModule):
@@ -80,6 +86,7 @@ class ActorPPO(L.LightningModule):
         self.policy = VLMPolicy(policy)
         self.action_space = action_space
         self.strict_loading = False  # checkpoints hold only the trained weights (adapter + value head)
+        self._all_modules: list[nn.Module] = []
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
@@ -89,6 +96,7 @@ class ActorPPO(L.LightningModule):
 
     def configure_model(self) -> None:
         self.policy.load()
+        self._all_modules = list(self.modules())
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]
@@ -116,6 +124,10 @@ class ActorPPO(L.LightningModule):
             for s in states
         ]
 
+    def _submodules(self) -> list[nn.Module]:
+        """Every submodule (listed once, when the model has loaded) for cheap eval-mode switches."""
+        return self._all_modules or list(self.modules())
+
     def _precision(self) -> Any:
         """The trainer's precision context (e.g. bf16 autocast), so rollouts score exactly as updates do."""
         trainer = self._trainer
@@ -123,7 +135,7 @@ class ActorPPO(L.LightningModule):
 
     @torch.no_grad()
     def decide(self, states: Sequence[EnvState], task: str, *, greedy: bool, rng: np.random.Generator) -> list[Decision]:
-        with eval_mode(self), self._precision():
+        with eval_mode(self, self._submodules()), self._precision():
             return self.action_space.act(
                 self.policy, self._prompts(states, task), [s.legal_actions for s in states], greedy=greedy, rng=rng
             )
@@ -131,7 +143,7 @@ class ActorPPO(L.LightningModule):
     @torch.no_grad()
     def state_values(self, states: Sequence[EnvState], task: str) -> list[float]:
         prompts = self._prompts(states, task)
-        with eval_mode(self), self._precision():
+        with eval_mode(self, self._submodules()), self._precision():
             out = self.policy.score(prompts, [torch.zeros(0, dtype=torch.long)] * len(prompts))
         return out.values.float().cpu().tolist()
 
@@ -139,7 +151,7 @@ class ActorPPO(L.LightningModule):
     def ppo_losses(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Named loss terms (their sum is the loss) and diagnostics for one minibatch."""
         need_entropy = self.hparams.entropy_coef > 0
-        with nullcontext() if self.hparams.dropout_in_update else eval_mode(self):
+        with nullcontext() if self.hparams.dropout_in_update else eval_mode(self, self._submodules()):
             ev = self.action_space.evaluate(self.policy, batch["samples"], with_entropy=need_entropy)
         pg_loss, stats = ppo_policy_loss(ev.logprobs, batch["old_logprobs"], batch["advantages"], self.hparams.clip)
         v_loss = clipped_value_loss(ev.values, batch["old_values"], batch["returns"], self.hparams.value_clip)
@@ -148,7 +160,7 @@ class ActorPPO(L.LightningModule):
             losses["loss_entropy"] = -self.hparams.entropy_coef * ev.entropy.mean()
             stats["entropy"] = ev.entropy.detach().mean()
         if self.hparams.kl_coef > 0:
-            with torch.no_grad(), self.policy.reference(), eval_mode(self):
+            with torch.no_grad(), self.policy.reference(), eval_mode(self, self._submodules()):
                 ref = self.action_space.evaluate(self.policy, batch["samples"], with_entropy=False)
             kl = k3_kl(ev.logprobs, ref.logprobs)
             losses["loss_kl"] = self.hparams.kl_coef * kl
@@ -183,6 +195,7 @@ class ActorPPO(L.LightningModule):
             "train/parse_failure_rate": total["parse_failures"] / max(total["steps"], 1.0),
             "train/explained_variance": ev,
             "train/episodes": total["episodes"],
+            "rollout/env_restarts": total["env_restarts"],
         }
         if total["episodes"] > 0:
             metrics["train/episode_return"] = total["episode_return_sum"] / total["episodes"]

@@ -223,6 +223,7 @@ class VLMPolicy(nn.Module):
         max_new_tokens: int,
         temperature: float,
         greedy: bool,
+        min_new_tokens: int = 0,
     ) -> list[torch.Tensor]:
         """One batched generate for every prompt; returns each response's token ids, cut after EOS."""
         batch = _collate_prompts(prompts, pad_id=self._pad_id, left=True)
@@ -235,6 +236,7 @@ class VLMPolicy(nn.Module):
         out = self.model.generate(
             **batch,
             max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens or None,
             suppress_tokens=sorted(self.suppress_token_ids) or None,
             pad_token_id=self._pad_id,
             use_cache=True,

@@ -1,0 +1,135 @@
+"""Rollout throughput: the batched rollout against an RL4VLM-style reference loop, same model, same run.
+
+The reference loop is what RL4VLM does per step: one env, a batch-1 ``generate``, then a second full forward
+over prompt + a fixed-length padded output (512 tokens) to get log-probs and the value. Ours: N envs, one
+batched generate per step, one right-padded scoring forward over the real tokens only.
+
+    python tools/bench_rollout.py                       # CPU, tiny LLaVA-NeXT, N in {1, 8, 32}
+    python tools/bench_rollout.py --device cuda --dtype bfloat16 --model /path/to/llava-v1.6-mistral-7b-hf
+
+Prints a table, then one JSON line (``speedup_vs_reference`` per N).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from datetime import date
+
+import numpy as np
+import torch
+
+from selu_lightning.action_spaces.parsing import parse_action
+from selu_lightning.data.rollout import collect_rollout
+from selu_lightning.envs.pool import EnvPool
+from selu_lightning.modules.actor_ppo import ActorPPO, eval_mode
+
+from bench_common import build_text_module
+
+
+def ours(module: ActorPPO, env: str, n: int, steps: int) -> dict[str, float]:
+    pool = EnvPool(env, n, seed=0)
+    pool.reset()
+    rng = np.random.default_rng(0)
+    collect_rollout(module, pool, 1, rng)  # warm-up
+    _sync(module)
+    start = time.perf_counter()
+    rollout = collect_rollout(module, pool, max(steps // n, 1), rng)
+    _sync(module)
+    seconds = time.perf_counter() - start
+    stats = rollout.stats()
+    return {"env_steps_per_s": stats["steps"] / seconds, "gen_tokens_per_s": stats["generated_tokens"] / seconds}
+
+
+@torch.no_grad()
+def reference(module: ActorPPO, env: str, steps: int, new_tokens: int, pad_to: int) -> dict[str, float]:
+    """One env; batch-1 generate; then a full forward over prompt + response padded to ``pad_to`` tokens."""
+    policy = module.policy
+    pool = EnvPool(env, 1, seed=0)
+    state = pool.reset()[0]
+    tokens, rng = 0, np.random.default_rng(0)
+
+    def step() -> int:
+        nonlocal state
+        prompt = module._prompts([state], pool.task_description)[0]
+        with eval_mode(module):
+            response = policy.generate([prompt], max_new_tokens=new_tokens, temperature=1.0, greedy=False,
+                                       min_new_tokens=new_tokens)[0]  # fmt: skip
+            padded = torch.full((pad_to,), policy._pad_id, dtype=torch.long)
+            padded[: response.numel()] = response
+            ids = torch.cat([prompt["input_ids"], padded])[None].to(policy.device)
+            extra = {k: v.to(policy.device) for k, v in prompt.items() if k not in ("input_ids", "attention_mask")}
+            out = policy.model(input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True, **extra)
+            logp = torch.log_softmax(out.logits[0, prompt["input_ids"].numel() - 1 : -1].float(), -1)
+            logp.gather(-1, padded.to(logp.device)[:, None]).sum()
+            policy.value_head(out.hidden_states[-1][0, prompt["input_ids"].numel() - 1])
+        text = policy.tokenizer.decode(response, skip_special_tokens=True)
+        action = parse_action(text, state.legal_actions) or str(rng.choice(state.legal_actions))
+        pool.step([action])
+        state = pool.states[0]
+        return int(response.numel())
+
+    step()  # warm-up
+    _sync(module)
+    start = time.perf_counter()
+    for _ in range(steps):
+        tokens += step()
+    _sync(module)
+    seconds = time.perf_counter() - start
+    return {"env_steps_per_s": steps / seconds, "gen_tokens_per_s": tokens / seconds}
+
+
+def decode_fraction(module: ActorPPO, gen_tokens_per_s: float, n: int, hbm_gbps: float) -> float:
+    """Decode throughput over the memory-bandwidth bound (every weight read once per decoding step)."""
+    weight_bytes = sum(p.numel() * p.element_size() for p in module.policy.model.parameters())
+    steps_per_s_bound = hbm_gbps * 1e9 / weight_bytes
+    return (gen_tokens_per_s / n) / steps_per_s_bound
+
+
+def _sync(module: ActorPPO) -> None:
+    if module.policy.device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny:llava_next")
+    parser.add_argument("--env", default="numberline")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--n", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--steps", type=int, default=64, help="env steps measured per N")
+    parser.add_argument("--ref-steps", type=int, default=16, help="env steps measured for the reference loop")
+    parser.add_argument("--new-tokens", type=int, default=32, help="fixed generation length")
+    parser.add_argument("--pad-to", type=int, default=512, help="the reference's padded output length")
+    parser.add_argument("--lora-r", type=int, default=8)
+    parser.add_argument("--hbm-gbps", type=float, default=3350.0, help="GPU memory bandwidth (H100 SXM: 3350)")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    module = build_text_module(args)
+
+    ref = reference(module, args.env, args.ref_steps, args.new_tokens, args.pad_to)
+    rows = {n: ours(module, args.env, n, args.steps) for n in args.n}
+    print(f"model {args.model}  device {args.device}  dtype {args.dtype}  {args.new_tokens} new tokens/step")
+    print(f"{'loop':>14} {'env steps/s':>12} {'gen tokens/s':>13} {'speed-up':>9}")
+    print(f"{'reference':>14} {ref['env_steps_per_s']:>12.2f} {ref['gen_tokens_per_s']:>13.1f} {1.0:>9.2f}")
+    speedup = {}
+    for n, row in rows.items():
+        speedup[str(n)] = row["env_steps_per_s"] / ref["env_steps_per_s"]
+        print(f"{'ours N=' + str(n):>14} {row['env_steps_per_s']:>12.2f} {row['gen_tokens_per_s']:>13.1f} {speedup[str(n)]:>9.2f}")
+    result = {
+        "bench": "rollout", "date": date.today().isoformat(), "machine": platform.node(), "cpu": platform.processor(),
+        "device": args.device, "model": args.model, "dtype": args.dtype, "new_tokens": args.new_tokens,
+        "reference": ref, "ours": {str(n): r for n, r in rows.items()}, "speedup_vs_reference": speedup,
+    }  # fmt: skip
+    if args.device.startswith("cuda"):
+        result["decode_fraction_of_bandwidth_bound"] = {
+            str(n): decode_fraction(module, r["gen_tokens_per_s"], n, args.hbm_gbps) for n, r in rows.items()
+        }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

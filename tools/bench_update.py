@@ -1,0 +1,115 @@
+"""PPO update throughput: length-aware minibatches against RL4VLM's batch-1 micro-steps, same buffer, same run.
+
+Both apply the same optimizer steps (batch-1 accumulates ``--minibatch`` micro-steps per step), so they do the
+same maths; only the batching differs.
+
+    python tools/bench_update.py                                  # CPU, tiny LLaVA-NeXT
+    python tools/bench_update.py --device cuda --dtype bfloat16 --model /path/to/llava-v1.6-mistral-7b-hf
+
+Prints a table, then one JSON line (``speedup_vs_batch1``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import time
+from datetime import date
+
+import numpy as np
+import torch
+
+from selu_lightning.data.rollout import PPOEpochSampler, collate_transitions, collect_rollout, sample_tokens
+from selu_lightning.envs.pool import EnvPool
+from selu_lightning.rl.advantages import gae, normalize_advantages
+from bench_common import build_text_module
+
+
+def make_buffer(module, env: str, n: int, steps: int) -> list[dict]:
+    pool = EnvPool(env, n, seed=0)
+    pool.reset()
+    rollout = collect_rollout(module, pool, max(steps // n, 1), np.random.default_rng(0))
+    adv, ret = gae(rollout.rewards, rollout.values, rollout.next_values, rollout.terminated, rollout.truncated, 0.9, 0.95)
+    adv = normalize_advantages(adv)
+    return [
+        {"sample": d.sample, "old_logprobs": float(rollout.logprobs[t, i]), "old_values": float(rollout.values[t, i]),
+         "advantages": float(adv[t, i]), "returns": float(ret[t, i])}
+        for t, row in enumerate(rollout.decisions) for i, d in enumerate(row)
+    ]  # fmt: skip
+
+
+def run_update(module, items: list[dict], micro: int, accumulate: int, group: int) -> dict[str, float]:
+    """One pass over the buffer; returns tokens/s and peak memory."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-6)
+    batches = list(PPOEpochSampler([sample_tokens(it["sample"]) for it in items], micro, 1,
+                                   torch.Generator().manual_seed(0), group=group))  # fmt: skip
+    device = module.policy.device
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    tokens, start = 0, time.perf_counter()
+    for k, idx in enumerate(batches):
+        batch = collate_transitions([items[i] for i in idx])
+        batch = {key: (v.to(device) if torch.is_tensor(v) else v) for key, v in batch.items()}
+        losses, _ = module.ppo_losses(batch)
+        (torch.stack(list(losses.values())).sum() / accumulate).backward()
+        tokens += sum(sample_tokens(items[i]["sample"]) for i in idx)
+        if (k + 1) % accumulate == 0 or k + 1 == len(batches):
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    peak = (
+        torch.cuda.max_memory_allocated() / 2**30
+        if device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    )
+    return {"tokens_per_s": tokens / seconds, "seconds": seconds, "peak_gib": peak}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny:llava_next")
+    parser.add_argument("--env", default="ezpoints")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--buffer", type=int, default=128, help="transitions in the buffer")
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--minibatch", type=int, default=16)
+    parser.add_argument("--lora-r", type=int, default=8)
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--peak-tflops", type=float, default=989.0, help="GPU peak bf16 dense TFLOP/s (H100 SXM)")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    module = build_text_module(args)
+    items = make_buffer(module, args.env, min(args.buffer, 32), args.buffer)
+    module.train()
+    run_update(module, items[: args.minibatch], args.minibatch, 1, 8)  # warm-up
+    batch1 = run_update(module, items, 1, args.minibatch, 1)
+    ours = run_update(module, items, args.minibatch, 1, 8)
+    speedup = ours["tokens_per_s"] / batch1["tokens_per_s"]
+    print(f"model {args.model}  device {args.device}  dtype {args.dtype}  buffer {len(items)} transitions")
+    print(f"{'update':>24} {'tokens/s':>10} {'seconds':>8} {'peak GiB':>9}")
+    print(f"{'batch-1 x accumulation':>24} {batch1['tokens_per_s']:>10.0f} {batch1['seconds']:>8.2f} {batch1['peak_gib']:>9.2f}")
+    print(f"{'minibatch ' + str(args.minibatch) + ', by length':>24} {ours['tokens_per_s']:>10.0f} {ours['seconds']:>8.2f} {ours['peak_gib']:>9.2f}")
+    print(f"speed-up {speedup:.2f}x" + ("" if args.device.startswith("cuda") else "  (CPU peak = process max RSS)"))
+    result = {
+        "bench": "update", "date": date.today().isoformat(), "machine": platform.node(), "device": args.device,
+        "model": args.model, "dtype": args.dtype, "transitions": len(items), "minibatch": args.minibatch,
+        "batch1": batch1, "ours": ours, "speedup_vs_batch1": speedup,
+    }  # fmt: skip
+    if args.device.startswith("cuda"):
+        trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in module.parameters())
+        # forward 2PT + backward through activations 2PT (+ 2PT for weight grads of trained params)
+        flops_per_token = 4 * total + 2 * trainable
+        result["update_fraction_of_peak_flops"] = ours["tokens_per_s"] * flops_per_token / (args.peak_tflops * 1e12)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
