@@ -111,3 +111,15 @@ def test_checkpoint_holds_only_trained_weights(tmp_path):
     state = torch.load(path, weights_only=False)["state_dict"]
     trainable = {n for n, p in module.named_parameters() if p.requires_grad}
     assert set(state) == trainable
+
+
+def test_min_new_tokens_fixes_generation_length(tiny_llava_policy):
+    import numpy as np
+
+    from selu_lightning.action_spaces.base import user_message
+
+    space = TextActionSpace(temperature=1.0, max_new_tokens=12, min_new_tokens=12)
+    frame = np.zeros((300, 300, 3), np.uint8)
+    prompts = [tiny_llava_policy.encode_prompt(user_message(f"go {k}", True), frame) for k in range(4)]
+    decisions = space.act(tiny_llava_policy, prompts, [["+", "-"]] * 4, greedy=False, rng=np.random.default_rng(0))
+    assert [d.generated_tokens for d in decisions] == [12] * 4

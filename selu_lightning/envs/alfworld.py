@@ -12,7 +12,9 @@ Games are ``.tw-pddl`` files (:mod:`selu_lightning.envs.alfworld_tasks` generate
 
 from __future__ import annotations
 
+import copy
 import json
+import os
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,6 +39,7 @@ try:
     import textworld
     from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredInfos
     from textworld.envs.pddl import PddlEnv
+    from textworld.envs.pddl import textgen as _textgen
 except ImportError as err:  # pragma: no cover - exercised only without the extra installed
     raise ImportError(
         f"{err}; the alfworld env needs `pip install alfworld==0.4.2 textworld==1.7.0` "
@@ -48,20 +51,32 @@ SHIPPED_TASKS = Path(__file__).parent / "data" / "alfworld"
 NOTHING_HAPPENS = "Nothing happens."
 
 
-def _memoize_translation() -> None:
-    """Cache Fast Downward's PDDL -> SAS translation, a pure function TextWorld runs twice on every load AND reset.
+def _memoize_engine() -> None:
+    """Cache two pure functions TextWorld's PDDL engine calls over and over with the same arguments.
 
-    It costs 0.2-1 s per call on a kitchen; cached, a reset of an already seen game costs milliseconds. The result's
-    task object is only read by TextWorld. Installed once, process-wide, on ``fast_downward.pddl2sas``.
+    - Fast Downward's PDDL -> SAS translation, run twice on every load AND every reset (0.2-1 s per call on a
+      kitchen): a reset of an already seen game then costs milliseconds. TextWorld only reads the result.
+    - The grammar parser, run on every feedback template and admissible command of every step (tatsu, ~40% of a
+      step): the cache hands out a deep copy of the parsed symbols, because the engine writes into them.
+
+    Installed once, process-wide; the engine's outputs are unchanged (``tests/test_alfworld.py`` compares).
     """
     if getattr(fast_downward.pddl2sas, "_selu_cached", False):
         return
-    cached = lru_cache(maxsize=64)(fast_downward.pddl2sas)
-    cached._selu_cached = True
-    fast_downward.pddl2sas = cached
+    translate = lru_cache(maxsize=64)(fast_downward.pddl2sas)
+    translate._selu_cached = True
+    fast_downward.pddl2sas = translate
+
+    parse = lru_cache(maxsize=4096)(_textgen._parse_and_convert)
+
+    def parse_copy(*args, **kwargs):
+        return copy.deepcopy(parse(*args, **kwargs))
+
+    _textgen._parse_and_convert = parse_copy
 
 
-_memoize_translation()
+if not os.environ.get("SELU_ALFWORLD_NO_CACHE"):
+    _memoize_engine()
 
 
 def _request_infos() -> "textworld.EnvInfos":
