@@ -26,10 +26,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
-    written = generate_tasks(args.out, args.train, args.eval, seed=args.seed, progress=lambda line: print(line, flush=True))
+    written = generate_tasks(args.out, args.train, args.eval, seed=args.seed, progress=lambda s: print(s, flush=True))
     for split, paths in written.items():
-        kinds = Counter(path.name.split("-")[1] for path in paths)
-        print(f"{split}: {len(paths)} games in {args.out}/{split} ({', '.join(f'{k} {n}' for k, n in sorted(kinds.items()))})")
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(Counter(path.name.split("-")[1] for path in paths).items()))
+        print(f"{split}: {len(paths)} games in {args.out}/{split} ({kinds})")
     print(f"done in {time.perf_counter() - start:.0f} s")
 
 

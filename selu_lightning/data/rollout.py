@@ -87,6 +87,7 @@ def collect_rollout(
     decisions: list[list[Decision]] = []
     episodes: list[dict[str, float]] = []
     examples: list[dict[str, Any]] = []
+    finals: list[tuple[int, int, EnvState]] = []  # (step, env, state) of truncated episodes
     start, decide_seconds, restarts_before = time.perf_counter(), 0.0, pool.restarts
     for t in range(T):
         states = list(pool.states)
@@ -104,14 +105,15 @@ def collect_rollout(
             examples.append(
                 {"image": states[0].image, "text": row[0].text, "action": row[0].env_action, "reward": outcomes[0].reward}
             )
-        finals = [(i, o.final_state) for i, o in enumerate(outcomes) if o.final_state is not None]
-        if finals:
-            for (i, _), v in zip(finals, agent.state_values([s for _, s in finals], pool.task_description)):
-                next_values[t, i] = v
+        finals += [(t, i, o.final_state) for i, o in enumerate(outcomes) if o.final_state is not None]
+    # One batched value pass for every truncated episode's final state and the states the rollout stops in:
     # V(s_{t+1}) for steps that did not end an episode is the next row's value; the last row bootstraps.
+    values_of = agent.state_values([s for _, _, s in finals] + list(pool.states), pool.task_description)
+    for (t, i, _), v in zip(finals, values_of):
+        next_values[t, i] = v
+    last = torch.tensor(values_of[len(finals) :])
     ended = terminated | truncated
     next_values[:-1] = torch.where(ended[:-1], next_values[:-1], values[1:])
-    last = torch.tensor(agent.state_values(pool.states, pool.task_description))
     next_values[-1] = torch.where(ended[-1], next_values[-1], last)
     return Rollout(
         decisions, rewards, values, next_values, logprobs, terminated, truncated,

@@ -1,13 +1,23 @@
 """ALFWorld on the real TextWorld PDDL engine, with a schematic frame of what the agent sees (RL4VLM's 6th task).
 
 The engine is TextWorld's ``PddlEnv`` wrapped by ALFWorld's own ``AlfredDemangler`` (ids -> "cabinet 3") and
-``AlfredInfos``, as ``textworld.gym.register_games(..., wrappers=[AlfredDemangler(), AlfredInfos])`` builds it; used
+``AlfredInfos``: what ``textworld.gym.register_games(..., wrappers=[AlfredDemangler(), AlfredInfos])`` builds, used
 directly rather than through ``textworld.gym`` so that ``reset`` picks the game with the env's seeded RNG and sees the
 raw PDDL facts the reward needs. Fast Downward (bundled with TextWorld) computes the admissible commands and the
-expert plan.
+expert plan. Each env holds its own copy of the Fast Downward library (~34 MB file-backed; it keeps one task in
+global state); closed envs hand theirs to the next one.
 
-Games are ``.tw-pddl`` files (:mod:`selu_lightning.envs.alfworld_tasks` generates them offline; ALFWorld's released
-``game.tw-pddl`` files work too). A small set of all six task types ships with the package.
+Reward per step, as RL4VLM: ``50 * won + fraction of the goal's conditions met - 1 per inadmissible command``; the
+fraction is read off the PDDL goal and the engine's current facts (:class:`GoalProgress`).
+
+Games are ``.tw-pddl`` files under ``<tasks_dir>/train`` and ``<tasks_dir>/eval``:
+:mod:`selu_lightning.envs.alfworld_tasks` generates them offline, and 12 train + 6 eval games of all six task types
+ship with the package. Games in ALFWorld's released format (``alfworld-download``, needs the internet; not tried
+here) carry the same three PDDL/grammar fields and should load the same way; without our ``selu_task`` metadata the
+goal is read from the intro and the expert plan is planned at reset.
+
+Speed (2 CPU cores, shipped games): ~48 steps/s with the frame drawn, once each game's translation is cached
+(first load of a game ~0.3 s). Set ``SELU_ALFWORLD_NO_CACHE=1`` to run the engine without the caches below.
 """
 
 from __future__ import annotations
@@ -361,17 +371,17 @@ class AlfWorldEnv(TextVisualEnv):
     of the sorted list). ``obs["text"]`` is the engine's text: the room and the task at the start, then the feedback
     of the last command. ``info``: ``legal_actions`` = the engine's admissible commands (sorted), ``goal`` = the task
     sentence, ``success`` = the game is won, ``expert_plan`` = Fast Downward's plan from the current state (see
-    ``replan``), ``goal_conditions`` = the fraction of goal conditions met (see :class:`GoalProgress`), ``admissible`` = whether the
-    last command was admissible, ``task_type`` and ``gamefile``.
+    ``replan``), ``goal_conditions`` = the fraction of goal conditions met (see :class:`GoalProgress`),
+    ``admissible`` = whether the last command was admissible, ``task_type`` and ``gamefile``.
 
     Reward per step (RL4VLM): ``50 * won + goal_conditions - (1 if the command was not admissible)``. Winning
     terminates; the episode is truncated after ``max_steps`` commands. A command that is not admissible (any string
     not in ``legal_actions``, compared after stripping whitespace) leaves the game as it was: the engine's answer to
     it is "Nothing happens.", legal actions and frame do not change, and it counts as a step.
 
-    The frame (:func:`draw_scene`) shows where the agent is, then what it can see there: the receptacles at its location
-    (open/closed), the objects in those it can look into, and what it holds, each with its state (hot, cold, clean,
-    on). In the middle of the room it shows the receptacles around.
+    The frame (:func:`draw_scene`) shows where the agent is, then what it can see there: the receptacles at its
+    location (open/closed), the objects in those it can look into, and what it holds, each with its state (hot,
+    cold, clean, on). In the middle of the room it shows the receptacle types around, with counts.
     """
 
     task_description = (
@@ -392,18 +402,19 @@ class AlfWorldEnv(TextVisualEnv):
         max_steps: int = 50,
         replan: bool = False,
     ) -> None:
-        """Args:
-        split: "train" or "eval": the sub-folder of ``tasks_dir`` to draw games from (the shipped eval games use
-            floor plans no train game uses).
-        tasks_dir: A folder with ``train/`` and ``eval/`` ``.tw-pddl`` games (``tools/make_alfworld_tasks.py``
-            writes one); default: the games shipped with the package.
-        text_state: Also give the engine's text in ``obs["text"]``; the frame is always drawn.
-        image_size: Side of the square frame, in pixels.
-        max_steps: Commands per episode before truncation.
-        replan: Run Fast Downward after every command so that ``info["expert_plan"]`` is always a plan from the
-            current state (10 ms to seconds per step on large kitchens). Off: it is the game's stored plan (the
-            generator stores it; planned at reset if a game has none) with the steps taken so far removed while
-            the commands follow it, and None once they leave it.
+        """
+        Args:
+            split: "train" or "eval": the sub-folder of ``tasks_dir`` to draw games from (the shipped eval games
+                use floor plans no train game uses).
+            tasks_dir: A folder with ``train/`` and ``eval/`` ``.tw-pddl`` games (``tools/make_alfworld_tasks.py``
+                writes one); default: the games shipped with the package.
+            text_state: Also give the engine's text in ``obs["text"]``; the frame is always drawn.
+            image_size: Side of the square frame, in pixels.
+            max_steps: Commands per episode before truncation.
+            replan: Run Fast Downward after every command so that ``info["expert_plan"]`` is always a plan from the
+                current state (10 ms to seconds per step on large kitchens). Off: it is the game's stored plan
+                (the generator stores it; planned at reset if a game has none) minus the steps taken while the
+                commands follow it, and None once they leave it.
         """
         super().__init__(text_state=text_state, image_size=image_size)
         if split not in ("train", "eval"):
@@ -515,7 +526,8 @@ class AlfWorldEnv(TextVisualEnv):
         def sort(ids) -> list[str]:
             return sorted(ids, key=lambda i: _natural(self._name(i)))
 
-        items = [(self._name(o), ("held " + state_of(o)).strip(), True) for o in sort(o for _, o in facts.get("holds", ()))]
+        held = sort(o for _, o in facts.get("holds", ()))
+        items = [(self._name(o), ("held " + state_of(o)).strip(), True) for o in held]
         here = sort(r for r, loc in facts.get("receptacleatlocation", ()) if loc in at)
         if here:
             title = "At " + ", ".join(self._name(r) for r in here)

@@ -39,6 +39,12 @@ class EnvState:
     text: str
     goal: str
     legal_actions: list[str]
+    #: The policy's encoding of this state (prompt tensors), kept so a state is preprocessed once even when
+    #: it is both the last state of one rollout (bootstrap value) and the first of the next. Not pickled.
+    cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "cache": {}}
 
 
 @dataclass

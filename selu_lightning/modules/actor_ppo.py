@@ -27,6 +27,9 @@ from selu_lightning.rl.losses import clipped_value_loss, k3_kl, ppo_policy_loss
 
 __all__ = ["ActorPPO"]
 
+#: Most prompts scored together when only values are needed (bootstrap states at the end of a rollout).
+VALUE_CHUNK = 32
+
 
 @contextmanager
 def eval_mode(module: nn.Module, modules: Sequence[nn.Module] | None = None) -> Iterator[None]:
@@ -115,14 +118,18 @@ class ActorPPO(L.LightningModule):
 
     # ------------------------------------------------------------------ acting (the Agent protocol)
     def _prompts(self, states: Sequence[EnvState], task: str) -> list[dict[str, torch.Tensor]]:
+        """Each state's prompt tensors, encoded once per state and action space."""
         space = self.action_space
-        return [
-            self.policy.encode_prompt(
-                user_message(space.prompt_text(task, s.text, s.goal, s.legal_actions), space.with_image),
-                s.image if space.with_image else None,
-            )
-            for s in states
-        ]
+        prompts = []
+        for s in states:
+            key = ("prompt", id(space), task)
+            if key not in s.cache:
+                text = space.prompt_text(task, s.text, s.goal, s.legal_actions)
+                s.cache[key] = self.policy.encode_prompt(
+                    user_message(text, space.with_image), s.image if space.with_image else None
+                )
+            prompts.append(s.cache[key])
+        return prompts
 
     def _submodules(self) -> list[nn.Module]:
         """Every submodule (listed once, when the model has loaded) for cheap eval-mode switches."""
@@ -142,10 +149,15 @@ class ActorPPO(L.LightningModule):
 
     @torch.no_grad()
     def state_values(self, states: Sequence[EnvState], task: str) -> list[float]:
+        """V(s) per state, scored in chunks of at most ``VALUE_CHUNK`` prompts (bounded memory)."""
         prompts = self._prompts(states, task)
+        values: list[float] = []
         with eval_mode(self, self._submodules()), self._precision():
-            out = self.policy.score(prompts, [torch.zeros(0, dtype=torch.long)] * len(prompts))
-        return out.values.float().cpu().tolist()
+            for start in range(0, len(prompts), VALUE_CHUNK):
+                chunk = prompts[start : start + VALUE_CHUNK]
+                out = self.policy.score(chunk, [torch.zeros(0, dtype=torch.long)] * len(chunk))
+                values += out.values.float().cpu().tolist()
+        return values
 
     # ------------------------------------------------------------------ update
     def ppo_losses(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
