@@ -123,3 +123,25 @@ def test_min_new_tokens_fixes_generation_length(tiny_llava_policy):
     prompts = [tiny_llava_policy.encode_prompt(user_message(f"go {k}", True), frame) for k in range(4)]
     decisions = space.act(tiny_llava_policy, prompts, [["+", "-"]] * 4, greedy=False, rng=np.random.default_rng(0))
     assert [d.generated_tokens for d in decisions] == [12] * 4
+
+
+def test_eval_env_kwargs_reach_only_the_evaluation_envs():
+    data = tiny_data(env_kwargs={"text_state": True}, eval_env_kwargs={"text_state": False})
+    assert data.eval_envs().reset_to([1])[0].text == ""
+    assert data.eval_envs().reset_to([1])[0].image.shape == (300, 300, 3)
+    assert data._train_pool().states[0].text.startswith("Target:")
+
+
+def test_example_frames_and_text_reach_tensorboard(tmp_path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from selu_lightning.tb import latest_event_file
+
+    logger = TensorBoardLogger(tmp_path, name="ex")
+    module = tiny_module(TextActionSpace(temperature=1.0, max_new_tokens=6), log_examples_every_n_epochs=1)
+    cpu_trainer(tmp_path, logger=logger).fit(module, tiny_data(num_examples=2))
+    acc = EventAccumulator(str(latest_event_file(tmp_path)), size_guidance={"images": 0, "tensors": 0})
+    acc.Reload()
+    assert acc.Tags()["images"] == ["examples/frame_0", "examples/frame_1"]
+    assert "examples/step_0/text_summary" in acc.Tags()["tensors"]

@@ -199,6 +199,7 @@ class RolloutDataModule(L.LightningDataModule):
         self,
         env: str = "numberline",
         env_kwargs: dict[str, Any] | None = None,
+        eval_env_kwargs: dict[str, Any] | None = None,
         env_workers: Literal["inprocess", "subprocess"] = "inprocess",
         env_step_timeout: float = 60.0,
         num_envs: int = 8,
@@ -220,6 +221,8 @@ class RolloutDataModule(L.LightningDataModule):
         Args:
             env: A registered env name (``numberline``, ``ezpoints``, ``points24``, ``blackjack``, ...).
             env_kwargs: Keyword arguments for the env class (e.g. ``{text_state: false}``).
+            eval_env_kwargs: Keyword arguments for the evaluation envs, on top of ``env_kwargs`` (e.g.
+                ``{split: eval}`` to evaluate ALFWorld on its held-out games).
             env_workers: ``inprocess``, or ``subprocess``: one worker process per env, stepped in parallel and
                 restarted (episode dropped, counted in ``rollout/env_restarts``) if it dies or hangs.
             env_step_timeout: Seconds a subprocess env may take for one step or reset before it is restarted.
@@ -253,6 +256,7 @@ class RolloutDataModule(L.LightningDataModule):
             raise ConfigError(f"ppo_epochs ({ppo_epochs}) and minibatch_size ({minibatch_size}) must be >= 1")
         self.env = env
         self.env_kwargs = dict(env_kwargs or {})
+        self.eval_env_kwargs = self.env_kwargs | dict(eval_env_kwargs or {})
         self.env_workers = env_workers
         self.env_step_timeout = env_step_timeout
         self.num_envs = num_envs
@@ -303,7 +307,7 @@ class RolloutDataModule(L.LightningDataModule):
         if self.eval_pool is None:
             self.eval_pool = EnvPool(
                 self.env, self.eval_num_envs, seed=self.seed, rank=self._rank, stream="val",
-                env_kwargs=self.env_kwargs, workers=self.env_workers, step_timeout=self.env_step_timeout,
+                env_kwargs=self.eval_env_kwargs, workers=self.env_workers, step_timeout=self.env_step_timeout,
             )  # fmt: skip
         return self.eval_pool
 

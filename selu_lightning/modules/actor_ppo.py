@@ -19,6 +19,7 @@ from jsonargparse import lazy_instance
 from torch import nn
 
 from selu_lightning.errors import ConfigError
+from selu_lightning.export import CONFIG_KEY, policy_config_to_dict
 from selu_lightning.action_spaces.base import ActionSpace, Decision, user_message
 from selu_lightning.action_spaces.candidates import CandidateActionSpace
 from selu_lightning.envs.pool import EnvState
@@ -253,8 +254,6 @@ class ActorPPO(L.LightningModule):
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep only trained weights (LoRA adapter + value head, or everything when training fully)."""
-        from selu_lightning.export import CONFIG_KEY, policy_config_to_dict
-
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         checkpoint[CONFIG_KEY] = policy_config_to_dict(self.policy.config)  # lets tools rebuild the model
