@@ -145,3 +145,53 @@ def test_example_frames_and_text_reach_tensorboard(tmp_path):
     acc.Reload()
     assert acc.Tags()["images"] == ["examples/frame_0", "examples/frame_1"]
     assert "examples/step_0/text_summary" in acc.Tags()["tensors"]
+
+
+def test_predict_returns_one_record_per_test_episode(tmp_path):
+    out = cpu_trainer(tmp_path).predict(tiny_module(), tiny_data(test_episodes=5, eval_num_envs=4))
+    records = [r for batch in out for r in batch]
+    assert len(records) == 5 and {"return", "length", "success", "seed"} <= set(records[0])
+
+
+def test_bf16_autocast_keeps_the_loss_maths_in_fp32(tmp_path):
+    module = tiny_module()
+    seen = []
+    original = module.ppo_losses
+
+    def spy(batch):
+        losses, stats = original(batch)
+        seen.append({k: v.dtype for k, v in losses.items()})
+        return losses, stats
+
+    module.ppo_losses = spy
+    cpu_trainer(tmp_path, precision="bf16-mixed").fit(module, tiny_data())
+    assert seen and all(dtype == torch.float32 for row in seen for dtype in row.values())
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):
+    from selu_lightning.policy.vlm import LoraSettings, PolicyConfig, VLMPolicy
+
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        module = tiny_module()
+        module.policy = VLMPolicy(PolicyConfig("tiny:llava", lora=LoraSettings(r=4, alpha=8), value_head_widths=[32],
+                                               gradient_checkpointing=checkpointing))  # fmt: skip
+        module.configure_model()
+        calls = []
+        for layer in module.modules():
+            if getattr(layer, "gradient_checkpointing", False) is True:
+                inner = layer._gradient_checkpointing_func
+                layer._gradient_checkpointing_func = lambda *a, _f=inner, **k: calls.append(1) or _f(*a, **k)
+        data = tiny_data()
+        cpu_trainer(tmp_path, max_epochs=1, limit_train_batches=0).fit(module, data)
+        torch.manual_seed(0)
+        batch = next(iter(data.train_dataloader()))
+        module.train()
+        losses, _ = module.ppo_losses(batch)
+        torch.stack(list(losses.values())).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None})
+        assert bool(calls) == checkpointing  # activations really were recomputed (the update runs without dropout)
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6)

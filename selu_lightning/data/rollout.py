@@ -407,6 +407,9 @@ class RolloutDataModule(L.LightningDataModule):
             self.rng = np.random.default_rng()
             self.rng.bit_generator.state = mine["rng"]
 
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
+
     def teardown(self, stage: str) -> None:
         for pool in (self.pool, self.eval_pool):
             if pool is not None:

@@ -136,6 +136,11 @@ class ActorPPO(L.LightningModule):
         """Every submodule (listed once, when the model has loaded) for cheap eval-mode switches."""
         return self._all_modules or list(self.modules())
 
+    def _update_eval_modules(self) -> list[nn.Module]:
+        """What the update switches to eval mode to turn dropout off: everything but the layers that
+        checkpoint activations, which transformers only does in train mode."""
+        return [m for m in self._submodules() if getattr(m, "gradient_checkpointing", False) is not True]
+
     def _precision(self) -> Any:
         """The trainer's precision context (e.g. bf16 autocast), so rollouts score exactly as updates do."""
         trainer = self._trainer
@@ -164,7 +169,7 @@ class ActorPPO(L.LightningModule):
     def ppo_losses(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Named loss terms (their sum is the loss) and diagnostics for one minibatch."""
         need_entropy = self.hparams.entropy_coef > 0
-        with nullcontext() if self.hparams.dropout_in_update else eval_mode(self, self._submodules()):
+        with nullcontext() if self.hparams.dropout_in_update else eval_mode(self, self._update_eval_modules()):
             ev = self.action_space.evaluate(self.policy, batch["samples"], with_entropy=need_entropy)
         pg_loss, stats = ppo_policy_loss(ev.logprobs, batch["old_logprobs"], batch["advantages"], self.hparams.clip)
         v_loss = clipped_value_loss(ev.values, batch["old_values"], batch["returns"], self.hparams.value_clip)
@@ -233,12 +238,16 @@ class ActorPPO(L.LightningModule):
             )
 
     # ------------------------------------------------------------------ evaluation
-    def _eval_step(self, seeds: list[int], stage: str) -> None:
+    def _play(self, seeds: list[int]) -> list[dict[str, float]]:
+        """Held-out episodes, one per seed, played to the end (greedy unless ``data.eval_greedy`` is false)."""
         from selu_lightning.data.rollout import play_episodes
 
         datamodule = self.trainer.datamodule
         rng = np.random.default_rng(seeds)
-        episodes = play_episodes(self, datamodule.eval_envs(), seeds, greedy=datamodule.eval_greedy, rng=rng)
+        return play_episodes(self, datamodule.eval_envs(), seeds, greedy=datamodule.eval_greedy, rng=rng)
+
+    def _eval_step(self, seeds: list[int], stage: str) -> None:
+        episodes = self._play(seeds)
         n = len(episodes)
         success = torch.tensor([e["success"] for e in episodes], dtype=torch.float32).mean()
         ret = torch.tensor([e["return"] for e in episodes], dtype=torch.float32).mean()
@@ -250,6 +259,10 @@ class ActorPPO(L.LightningModule):
 
     def test_step(self, seeds: list[int], batch_idx: int) -> None:
         self._eval_step(seeds, "test")
+
+    def predict_step(self, seeds: list[int], batch_idx: int) -> list[dict[str, float]]:
+        """``selu predict``: play held-out test episodes and return each one's return, length and success."""
+        return [dict(e, seed=float(s)) for e, s in zip(self._play(seeds), seeds)]
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
