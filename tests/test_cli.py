@@ -64,12 +64,13 @@ def test_interpolation(capsys, monkeypatch, tmp_path):
         (["--data.steps_per_epoch", "100", "--data.num_envs", "16"], "must be divisible by data.num_envs"),
     ],
 )
-def test_bad_input_fails_in_one_line_before_weights_load(extra, message, capsys, monkeypatch):
+def test_bad_input_fails_in_one_line_before_weights_load(extra, message, capsys, monkeypatch, tmp_path):
     import selu_lightning.policy.vlm as vlm
 
     monkeypatch.chdir(ROOT)
     monkeypatch.setattr(vlm.VLMPolicy, "load", lambda self: pytest.fail("weights loaded before the error"))
-    code, _, err = run_cli(["fit", "-c", "configs/quickstart.yaml", *extra], capsys)
+    logs = f"--trainer.logger.init_args.save_dir={tmp_path}"  # nothing written into the checkout
+    code, _, err = run_cli(["fit", "-c", "configs/quickstart.yaml", logs, *extra], capsys)
     assert code == 2
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("selu: error:") and message in lines[0], err
