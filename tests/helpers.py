@@ -48,3 +48,20 @@ class HardKillAtEpoch(L.Callback):
             import os
 
             os._exit(17)
+
+
+class LossRecorder:
+    """Wraps a module's ``ppo_losses`` to keep, per minibatch, its diagnostics and its loss terms' dtypes."""
+
+    def __init__(self, module: ActorPPO) -> None:
+        self.stats: list[dict[str, float]] = []
+        self.dtypes: list[dict[str, Any]] = []
+        original = module.ppo_losses
+
+        def recorded(batch: dict[str, Any]) -> Any:
+            losses, stats = original(batch)
+            self.stats.append({k: float(v) for k, v in stats.items()})
+            self.dtypes.append({k: v.dtype for k, v in losses.items()})
+            return losses, stats
+
+        module.ppo_losses = recorded

@@ -6,22 +6,7 @@ import torch
 from selu_lightning.action_spaces import CandidateActionSpace, TextActionSpace
 from selu_lightning.policy.vlm import LoraSettings
 
-from helpers import cpu_trainer, tiny_data, tiny_module
-
-
-class RecordingActorPPO:
-    """Mixin-free recorder: wraps a module's ppo_losses to keep each minibatch's diagnostics."""
-
-    def __init__(self, module):
-        self.records = []
-        original = module.ppo_losses
-
-        def recorded(batch):
-            losses, stats = original(batch)
-            self.records.append({k: float(v) for k, v in stats.items()})
-            return losses, stats
-
-        module.ppo_losses = recorded
+from helpers import LossRecorder, cpu_trainer, tiny_data, tiny_module
 
 
 SPACES = {
@@ -35,12 +20,12 @@ def test_first_minibatch_ratio_is_one_on_ezpoints(space, tmp_path):
     """EZPoints' prompt carries the formula, so it changes every step: each transition's own prompt is scored."""
     torch.manual_seed(0)
     module = tiny_module(SPACES[space](), lora=LoraSettings(r=4, alpha=8, dropout=0.3))
-    rec = RecordingActorPPO(module)
+    rec = LossRecorder(module)
     data = tiny_data("ezpoints", num_envs=4, steps_per_epoch=12, minibatch_size=12)
     cpu_trainer(tmp_path, max_epochs=1).fit(module, data)
     prompts = {tuple(d.sample["prompt"]["input_ids"].tolist()) for row in data.last_rollout.decisions for d in row}
     assert len(prompts) > 4, "EZPoints prompts should differ from step to step"
-    assert rec.records[0]["ratio_max_abs_log"] < 1e-4
+    assert rec.stats[0]["ratio_max_abs_log"] < 1e-4
 
 
 def test_dropout_in_update_makes_the_first_ratio_noisy(tmp_path):
@@ -55,9 +40,9 @@ def test_dropout_in_update_makes_the_first_ratio_noisy(tmp_path):
         for name, p in module.named_parameters():
             if "lora_B" in name:
                 p.normal_(0.0, 0.5)
-    rec = RecordingActorPPO(module)
+    rec = LossRecorder(module)
     cpu_trainer(tmp_path).fit(module, tiny_data("ezpoints", steps_per_epoch=8, minibatch_size=8))
-    assert rec.records[0]["ratio_max_abs_log"] > 1e-3
+    assert rec.stats[0]["ratio_max_abs_log"] > 1e-3
 
 
 def test_rollout_runs_in_eval_mode_and_values_logprobs_are_fp32(tmp_path):

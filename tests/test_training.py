@@ -7,7 +7,7 @@ import torch
 from selu_lightning.action_spaces import TextActionSpace
 from selu_lightning.envs.pool import EnvPool
 
-from helpers import cpu_trainer, tiny_data, tiny_module
+from helpers import LossRecorder, cpu_trainer, tiny_data, tiny_module
 
 
 def test_two_epoch_fit_changes_every_trainable_parameter(tmp_path):
@@ -155,17 +155,9 @@ def test_predict_returns_one_record_per_test_episode(tmp_path):
 
 def test_bf16_autocast_keeps_the_loss_maths_in_fp32(tmp_path):
     module = tiny_module()
-    seen = []
-    original = module.ppo_losses
-
-    def spy(batch):
-        losses, stats = original(batch)
-        seen.append({k: v.dtype for k, v in losses.items()})
-        return losses, stats
-
-    module.ppo_losses = spy
+    rec = LossRecorder(module)
     cpu_trainer(tmp_path, precision="bf16-mixed").fit(module, tiny_data())
-    assert seen and all(dtype == torch.float32 for row in seen for dtype in row.values())
+    assert rec.dtypes and all(dtype == torch.float32 for row in rec.dtypes for dtype in row.values())
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):

@@ -103,9 +103,8 @@ class CandidateActionSpace(ActionSpace):
         values = out.values[torch.as_tensor(firsts, device=out.values.device)]
         entropy = None
         if with_entropy:
-            entropy = torch.stack(
-                [-(torch.log_softmax(row, -1).exp() * torch.log_softmax(row, -1)).sum() for row in logits]
-            )
+            logps = [torch.log_softmax(row, -1) for row in logits]
+            entropy = torch.stack([-(lp.exp() * lp).sum() for lp in logps])
         return logits, values, entropy
 
 

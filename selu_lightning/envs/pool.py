@@ -65,7 +65,6 @@ class StepOutcome:
 class _Tracker:
     ret: float = 0.0
     length: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _state(obs: dict[str, Any], info: dict[str, Any]) -> EnvState:

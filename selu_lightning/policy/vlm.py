@@ -379,7 +379,7 @@ def _collate_prompts(prompts: Sequence[PromptSample], pad_id: int, left: bool) -
     for key in keys:
         items = [p[key] for p in prompts]
         if key in _PER_TOKEN_KEYS:
-            batch[key] = _pad([x for x in items], pad_id if key == "input_ids" else 0, left=left)
+            batch[key] = _pad(items, pad_id if key == "input_ids" else 0, left=left)
         else:
             batch[key] = _cat_images(key, items)
     if "attention_mask" not in batch:
