@@ -2,6 +2,8 @@
 
 ``lightning fit`` cannot be this project's entry point: lightning 2.6 ships no such script and the
 ``lightning`` name belongs to the lightning-sdk cloud tool. ``selu fit -c config.yaml`` is the same CLI.
+The CLI runs in subclass mode: ``model.class_path`` picks the method's LightningModule (``ActorPPO``, ...)
+and ``data.class_path`` the DataModule, so a new method is a new class, never a fork of this file.
 """
 
 from __future__ import annotations
@@ -10,12 +12,13 @@ import os
 import sys
 from argparse import ArgumentError
 
+import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
-from selu_lightning.data.rollout import RolloutDataModule
+import selu_lightning.data  # noqa: F401  (the DataModules, for class_path and --help)
+import selu_lightning.modules  # noqa: F401  (the LightningModules, for class_path and --help)
 from selu_lightning.errors import ConfigError
-from selu_lightning.modules.actor_ppo import ActorPPO
 
 __all__ = ["SeluCLI", "main"]
 
@@ -35,8 +38,10 @@ TRAINER_DEFAULTS = {
 class SeluCLI(LightningCLI):
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         super().__init__(
-            ActorPPO,
-            RolloutDataModule,
+            L.LightningModule,
+            L.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
             parser_kwargs={"parser_mode": "omegaconf", "exit_on_error": False},
             trainer_defaults=TRAINER_DEFAULTS,
             save_config_kwargs={"overwrite": True},
@@ -44,27 +49,45 @@ class SeluCLI(LightningCLI):
             run=run,
         )
 
-
-    def _stable_checkpoint_dir(self) -> None:
+    def _prepare_checkpoints(self) -> None:
         """Checkpoints go to ``<save_dir>/<name>/checkpoints``, not into the logger's per-run version folder,
-        so ``--ckpt_path last`` after a crash finds the previous run's ``last.ckpt``."""
+        and a ``last.ckpt`` is written at the end of every rollout epoch whatever the config says, so
+        ``--ckpt_path last`` resumes any recipe. ``--ckpt_path last`` with nothing to resume is an error."""
         logger = self.trainer.logger
-        for callback in self.trainer.checkpoint_callbacks:
-            if isinstance(callback, ModelCheckpoint) and callback.dirpath is None and logger is not None:
+        callbacks = [c for c in self.trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
+        for callback in callbacks:
+            if callback.dirpath is None and logger is not None:
                 callback.dirpath = os.path.join(logger.save_dir or ".", logger.name or "", "checkpoints")
+        if callbacks and not any(c.save_last for c in callbacks):
+            callbacks[0].save_last = True
+            callbacks[0]._save_on_train_epoch_end = True
+        config = self.config.get(self.subcommand, {})
+        if config.get("ckpt_path") == "last":
+            found = [c.dirpath for c in callbacks if c.dirpath and os.path.isfile(os.path.join(c.dirpath, "last.ckpt"))]
+            if not found:
+                where = ", ".join(sorted({c.dirpath for c in callbacks if c.dirpath})) or "(checkpointing is off)"
+                raise ConfigError(f"--ckpt_path last: no last.ckpt to resume in {where}")
 
-    before_fit = before_validate = before_test = _stable_checkpoint_dir
+    before_fit = before_validate = before_test = before_predict = _prepare_checkpoints
 
 
 def main(args: list[str] | None = None) -> None:
     """Console entry point; a bad configuration exits with one line on stderr and status 2."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from selu_lightning.modules.actor_ppo import NonFiniteLossError
+
     try:
         SeluCLI(args=args)
     except (ConfigError, ArgumentError) as err:
-        one_line = " ".join(part.strip() for part in str(err).splitlines() if part.strip())
-        print(f"selu: error: {one_line}", file=sys.stderr)
+        print(f"selu: error: {_one_line(err)}", file=sys.stderr)
         raise SystemExit(2) from None
+    except NonFiniteLossError as err:
+        print(f"selu: stopped: {_one_line(err)}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(part.strip() for part in str(err).splitlines() if part.strip())
 
 
 if __name__ == "__main__":

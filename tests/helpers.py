@@ -16,6 +16,8 @@ TINY_LORA = LoraSettings(r=4, alpha=8, targets=["language_model", "projector"])
 
 def tiny_module(action_space: ActionSpace | None = None, lora: LoraSettings | None = TINY_LORA, **kwargs: Any) -> ActorPPO:
     kwargs.setdefault("lr", 1e-3)
+    kwargs.setdefault("ppo_epochs", 1)
+    kwargs.setdefault("minibatch_size", 4)
     return ActorPPO(
         PolicyConfig("tiny:llava", lora=lora, value_head_widths=[32]),
         action_space=action_space or CandidateActionSpace(),
@@ -24,7 +26,7 @@ def tiny_module(action_space: ActionSpace | None = None, lora: LoraSettings | No
 
 
 def tiny_data(env: str = "numberline", **kwargs: Any) -> RolloutDataModule:
-    defaults = dict(num_envs=4, steps_per_epoch=8, ppo_epochs=1, minibatch_size=4, val_episodes=4, num_examples=0)
+    defaults = dict(num_envs=4, steps_per_epoch=8, val_episodes=4, num_examples=0)
     return RolloutDataModule(env=env, **(defaults | kwargs))
 
 

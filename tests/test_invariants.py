@@ -19,9 +19,9 @@ SPACES = {
 def test_first_minibatch_ratio_is_one_on_ezpoints(space, tmp_path):
     """EZPoints' prompt carries the formula, so it changes every step: each transition's own prompt is scored."""
     torch.manual_seed(0)
-    module = tiny_module(SPACES[space](), lora=LoraSettings(r=4, alpha=8, dropout=0.3))
+    module = tiny_module(SPACES[space](), lora=LoraSettings(r=4, alpha=8, dropout=0.3), minibatch_size=12)
     rec = LossRecorder(module)
-    data = tiny_data("ezpoints", num_envs=4, steps_per_epoch=12, minibatch_size=12)
+    data = tiny_data("ezpoints", num_envs=4, steps_per_epoch=12)
     cpu_trainer(tmp_path, max_epochs=1).fit(module, data)
     prompts = {tuple(d.sample["prompt"]["input_ids"].tolist()) for row in data.last_rollout.decisions for d in row}
     assert len(prompts) > 4, "EZPoints prompts should differ from step to step"
@@ -33,7 +33,7 @@ def test_dropout_in_update_makes_the_first_ratio_noisy(tmp_path):
     torch.manual_seed(0)
     module = tiny_module(
         TextActionSpace(temperature=1.0, max_new_tokens=12), lora=LoraSettings(r=4, alpha=8, dropout=0.5),
-        dropout_in_update=True,
+        dropout_in_update=True, minibatch_size=8,
     )
     module.configure_model()
     with torch.no_grad():  # LoRA's B starts at zero, which would hide the adapter's dropout entirely
@@ -41,7 +41,7 @@ def test_dropout_in_update_makes_the_first_ratio_noisy(tmp_path):
             if "lora_B" in name:
                 p.normal_(0.0, 0.5)
     rec = LossRecorder(module)
-    cpu_trainer(tmp_path).fit(module, tiny_data("ezpoints", steps_per_epoch=8, minibatch_size=8))
+    cpu_trainer(tmp_path).fit(module, tiny_data("ezpoints", steps_per_epoch=8))
     assert rec.stats[0]["ratio_max_abs_log"] > 1e-3
 
 

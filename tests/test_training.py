@@ -12,11 +12,11 @@ from helpers import LossRecorder, cpu_trainer, tiny_data, tiny_module
 
 def test_two_epoch_fit_changes_every_trainable_parameter(tmp_path):
     torch.manual_seed(0)
-    module = tiny_module()
+    module = tiny_module(ppo_epochs=2)
     module.configure_model()
     before = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
     assert any("lora_A" in n for n in before) and any("value_head" in n for n in before)
-    cpu_trainer(tmp_path, max_epochs=2).fit(module, tiny_data(steps_per_epoch=16, ppo_epochs=2))
+    cpu_trainer(tmp_path, max_epochs=2).fit(module, tiny_data(steps_per_epoch=16))
     unchanged = [n for n, p in module.named_parameters() if p.requires_grad and torch.equal(p, before[n])]
     assert not unchanged, f"never updated: {unchanged}"
     frozen = [n for n, p in module.named_parameters() if not p.requires_grad]
@@ -95,7 +95,7 @@ def test_text_action_space_trains_and_counts_parse_failures(tmp_path):
     module = tiny_module(TextActionSpace(temperature=1.0, max_new_tokens=8))
     data = tiny_data("blackjack")
     cpu_trainer(tmp_path).fit(module, data)
-    stats = data.last_rollout_stats
+    stats = data.last_rollout.stats()
     assert stats["steps"] == 8 and stats["generated_tokens"] > 0
     # an untrained tiny model rarely writes valid JSON: failures are counted, fallback actions stay legal
     assert stats["parse_failures"] > 0

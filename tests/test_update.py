@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from selu_lightning.data.rollout import PPOEpochSampler, collate_transitions
+from selu_lightning.rl.minibatches import PPOEpochSampler, collate_transitions
 from selu_lightning.rl.advantages import normalize_advantages
 
 from helpers import cpu_trainer, tiny_data, tiny_module
@@ -49,8 +49,8 @@ class GradCapture(L.Callback):
 def first_step_grads(tmp_path, minibatch, accumulate):
     torch.manual_seed(0)
     capture = GradCapture()
-    module = tiny_module(lr=1e-3)
-    data = tiny_data(num_envs=4, steps_per_epoch=8, minibatch_size=minibatch, ppo_epochs=1)
+    module = tiny_module(lr=1e-3, minibatch_size=minibatch)
+    data = tiny_data(num_envs=4, steps_per_epoch=8)
     cpu_trainer(tmp_path, accumulate_grad_batches=accumulate, callbacks=[capture]).fit(module, data)
     return capture.grads
 
@@ -89,7 +89,12 @@ def _grads_on(buffer, rank, world):
     module.policy.load_state_dict(buffer["weights"])
     share = buffer["items"][rank::world]
     batch = collate_transitions(share)
-    batch["advantages"] = normalize_advantages(batch["advantages"])
+    sum_across_ranks = None
+    if dist.is_initialized():
+        def sum_across_ranks(t):
+            dist.all_reduce(t)
+            return t
+    batch["advantages"] = normalize_advantages(torch.as_tensor(batch["advantages"]), sum_across_ranks=sum_across_ranks).numpy()
     model = _LossOf(module)
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model)

@@ -1,23 +1,29 @@
 """The action-space interface: how a policy's output becomes an env action, and its log-probability.
 
-An action space owns three things and nothing else: the prompt wording, turning model output into an env
-action (``act``, no grad, during rollout), and re-computing the log-probability of that same stored output
-under the current weights (``evaluate``, with grad, in the PPO update). Swapping it is a config change:
-``model.action_space: {class_path: selu_lightning.action_spaces.CandidateActionSpace}``.
+An action space owns three things and nothing else: the prompt (wording, chat messages, encoding, cached per
+state), turning model output into an env action (``act``, no grad, during rollout), and re-computing the
+log-probability of that same stored output under the current weights (``evaluate``, with grad, in the
+update). It is an ``nn.Module``, so a learned action space (latent codes) trains, checkpoints and syncs under
+DDP with the policy. SFT and the critic build prompts through the same :meth:`ActionSpace.encode`. Swapping it
+is a config change: ``model.action_space: {class_path: selu_lightning.action_spaces.CandidateActionSpace}``.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 from selu_lightning.errors import ConfigError
 from selu_lightning.envs.base import TextVisualEnv
 from selu_lightning.policy.vlm import PromptSample, VLMPolicy
+
+if TYPE_CHECKING:
+    from selu_lightning.envs.pool import EnvState
 
 __all__ = ["ActionSpace", "Decision", "Evaluation", "user_message"]
 
@@ -35,6 +41,8 @@ class Decision:
     text: str
     parse_failed: bool = False
     generated_tokens: int = 0
+    prompt: str = ""
+    """The user turn's text the decision answered (trajectories keep it)."""
 
 
 @dataclass
@@ -45,6 +53,11 @@ class Evaluation:
     """[B] fp32 values (with grad)."""
     entropy: torch.Tensor | None = None
     """[B] fp32 policy entropy (per-token mean for generated text), if asked for."""
+    token_logprobs: list[torch.Tensor] | None = None
+    """Per sample, fp32 log-probs of each scored unit (token, or the chosen candidate) for per-token KL."""
+    loss_mask: torch.Tensor | None = None
+    """[B] 1 for samples the policy loss learns from, 0 to leave out (e.g. unparsable text under
+    ``parse_failure: mask_from_loss``); None: all."""
 
 
 def user_message(text: str, with_image: bool) -> list[dict[str, Any]]:
@@ -53,9 +66,34 @@ def user_message(text: str, with_image: bool) -> list[dict[str, Any]]:
     return [{"role": "user", "content": content}]
 
 
-class ActionSpace(ABC):
+class ActionSpace(nn.Module, ABC):
     #: True when the space needs ``info["legal_actions"]`` to list every legal action.
     requires_legal_actions: ClassVar[bool] = False
+    #: Prompt text with ``{task}``, ``{state}``, ``{goal}``, ``{actions}`` fields (set by subclasses).
+    template: str
+    #: Put the frame in the prompt.
+    with_image: bool
+
+    def prompt_text(self, task: str, state: str, goal: str, legal_actions: Sequence[str]) -> str:
+        """The user turn's text for one observation."""
+        return self.template.format(task=task, state=state, goal=goal, actions=", ".join(legal_actions))
+
+    def state_prompt(self, state: EnvState, task: str) -> str:
+        return self.prompt_text(task, state.text, state.goal, state.legal_actions)
+
+    def messages(self, state: EnvState, task: str) -> list[dict[str, Any]]:
+        """The chat messages for one observation (what SFT, the critic and the policy all send)."""
+        return user_message(self.state_prompt(state, task), self.with_image)
+
+    def encode(self, policy: VLMPolicy, states: Sequence[EnvState], task: str) -> list[PromptSample]:
+        """Each state's prompt tensors, encoded once per state and action space (cached on the state)."""
+        prompts = []
+        for s in states:
+            key = ("prompt", id(self), task)
+            if key not in s.cache:
+                s.cache[key] = policy.encode_prompt(self.messages(s, task), s.image if self.with_image else None)
+            prompts.append(s.cache[key])
+        return prompts
 
     def check_env(self, env_cls: type[TextVisualEnv]) -> None:
         """Fail in one line when this action space cannot work with the env class."""
@@ -64,10 +102,6 @@ class ActionSpace(ABC):
                 f"{type(self).__name__} needs an env that lists its legal actions; "
                 f"{env_cls.__name__} does not (use TextActionSpace)"
             )
-
-    @abstractmethod
-    def prompt_text(self, task: str, state: str, goal: str, legal_actions: Sequence[str]) -> str:
-        """The user turn's text for one observation."""
 
     @abstractmethod
     def act(

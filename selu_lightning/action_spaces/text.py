@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
@@ -51,6 +51,7 @@ class TextActionSpace(ActionSpace):
         template: str = DEFAULT_TEMPLATE,
         with_image: bool = True,
         min_new_tokens: int = 0,
+        parse_failure: Literal["random_action", "mask_from_loss"] = "random_action",
     ) -> None:
         """
         Args:
@@ -60,9 +61,16 @@ class TextActionSpace(ActionSpace):
                 0.2 ALFWorld). 1 treats every token alike; 0 ignores the reasoning.
             template: Prompt text with ``{task}``, ``{state}``, ``{goal}``, ``{actions}`` fields.
             with_image: Put the frame in the prompt.
-            min_new_tokens: Generate at least this many tokens (EOS is blocked until then). Benchmarks use it
-                to fix the generation length; 0 lets the model stop when it likes.
+            min_new_tokens: Generate at least this many tokens (EOS is blocked until then, in sampling and in
+                scoring alike). Benchmarks use it to fix the generation length; 0 lets the model stop when it likes.
+            parse_failure: What text with no legal action teaches. Either way the env gets a random legal
+                action. ``random_action`` (RL4VLM): the text is trained on with that action's reward, its whole
+                log-prob weighted as chain-of-thought. ``mask_from_loss``: the step is left out of the policy
+                loss (its value target still trains the value head).
         """
+        super().__init__()
+        if parse_failure not in ("random_action", "mask_from_loss"):
+            raise ConfigError(f"parse_failure must be 'random_action' or 'mask_from_loss' (got {parse_failure!r})")
         if temperature <= 0:
             raise ConfigError(f"temperature must be > 0 (got {temperature}); greedy decoding is used for evaluation")
         self.temperature = temperature
@@ -71,9 +79,7 @@ class TextActionSpace(ActionSpace):
         self.template = template
         self.with_image = with_image
         self.min_new_tokens = min_new_tokens
-
-    def prompt_text(self, task: str, state: str, goal: str, legal_actions: Sequence[str]) -> str:
-        return self.template.format(task=task, state=state, goal=goal, actions=", ".join(legal_actions))
+        self.parse_failure = parse_failure
 
     @torch.no_grad()
     def act(
@@ -109,24 +115,29 @@ class TextActionSpace(ActionSpace):
             token_weights(lengths, action_boundary(text), self.cot_weight) for text, lengths in decisions_input
         ]
         samples = [{"prompt": p, "response": r, "weights": w} for p, r, w in zip(prompts, responses, weights)]
-        scored = self.evaluate(policy, samples, with_entropy=False)
         decisions = []
         for i, (text, _) in enumerate(decisions_input):
             action = parse_action(text, legal_actions[i])
             failed = action is None
+            samples[i]["trainable"] = not (failed and self.parse_failure == "mask_from_loss")
             if failed:
                 action = str(rng.choice(list(legal_actions[i])))
             decisions.append(
                 Decision(
                     env_action=action,
-                    logprob=float(scored.logprobs[i]),
-                    value=float(scored.values[i]),
+                    logprob=0.0,
+                    value=0.0,
                     sample=samples[i],
                     text=text,
                     parse_failed=failed,
                     generated_tokens=int(responses[i].numel()),
                 )
             )
+        # Scored by the very function the update calls, on the stored ids: the first ratio is 1.
+        scored = self.evaluate(policy, samples, with_entropy=False)
+        values = scored.values.tolist() if scored.values is not None else [0.0] * len(decisions)
+        for d, logprob, value in zip(decisions, scored.logprobs.tolist(), values):
+            d.logprob, d.value = logprob, value
         return decisions
 
     def evaluate(self, policy: VLMPolicy, samples: Sequence[dict[str, Any]], *, with_entropy: bool) -> Evaluation:
@@ -135,12 +146,14 @@ class TextActionSpace(ActionSpace):
             [s["response"] for s in samples],
             temperature=self.temperature,
             with_entropy=with_entropy,
+            min_new_tokens=self.min_new_tokens,
         )
-        device = out.values.device
+        device = out.token_logprobs[0].device
         logprobs = torch.stack(
             [(lp * s["weights"].to(device)).sum() for lp, s in zip(out.token_logprobs, samples)]
         )
         entropy = None
         if out.entropies is not None:
             entropy = torch.stack([e.mean() if e.numel() else e.new_zeros(()) for e in out.entropies])
-        return Evaluation(logprobs, out.values, entropy)
+        mask = torch.tensor([float(s.get("trainable", True)) for s in samples], device=device)
+        return Evaluation(logprobs, out.values, entropy, token_logprobs=out.token_logprobs, loss_mask=mask)

@@ -1,9 +1,12 @@
-"""Rollout collection and the RolloutDataModule that serves it to the PPO update.
+"""The env runner: rollouts with the current policy each epoch, held-out evaluation, env state in checkpoints.
 
-Each training epoch, ``train_dataloader()`` plays ``steps_per_epoch`` env steps with the current policy
-(one batched decision for all N envs per step, eval mode), computes GAE, normalises advantages (across
-ranks), and returns a DataLoader of shuffled minibatches over the frozen buffer for ``ppo_epochs`` passes.
-Validation/test batches are lists of held-out episode seeds that the LightningModule plays to the end.
+``RolloutDataModule`` owns the simulators and nothing about learning. Each training epoch its
+``train_dataloader()`` plays ``steps_per_epoch`` env steps with the LightningModule as the agent (one batched
+decision for all N envs per step, eval mode) and hands the frozen :class:`Rollout` to the module's
+``build_train_data(rollout)``: the method decides what a rollout teaches it (GAE + PPO minibatches for
+ActorPPO; filtered SFT examples, critic questions or group advantages for later methods). Validation/test
+batches are :class:`EvalEpisodes`: held-out seeds plus the envs to play them on; the module calls
+``batch.play(self)``. Data flows one way: the runner calls the agent, never the reverse.
 """
 
 from __future__ import annotations
@@ -12,31 +15,34 @@ import pickle
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Literal, Protocol, Sequence
+from typing import Any, Callable, Literal, Protocol, Sequence
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
 from selu_lightning.errors import ConfigError
 from selu_lightning.action_spaces.base import Decision
+from selu_lightning.data.trajectories import EpisodeRecorder, Trajectory
 from selu_lightning.envs.base import env_class
 from selu_lightning.envs.pool import EnvPool, EnvState, seed_stream
-from selu_lightning.rl.advantages import gae, normalize_advantages
 
-__all__ = ["Agent", "Rollout", "collect_rollout", "play_episodes", "RolloutDataModule", "collate_transitions"]
+__all__ = ["Agent", "Rollout", "EvalEpisodes", "collect_rollout", "play_episodes", "RolloutDataModule"]
 
 
 class Agent(Protocol):
-    """What rollout needs of a policy (ActorPPO implements it)."""
+    """What the runner needs of a LightningModule (ActorPPO implements it)."""
 
     def decide(self, states: Sequence[EnvState], task: str, *, greedy: bool, rng: np.random.Generator) -> list[Decision]:
         """One action per state, in one batched call, with dropout off and no grad."""
 
     def state_values(self, states: Sequence[EnvState], task: str) -> list[float]:
-        """V(s) for each state (to bootstrap truncated episodes)."""
+        """V(s) for each state (to bootstrap truncated episodes); zeros for a policy without a value head."""
+
+    def build_train_data(self, rollout: "Rollout") -> Any:
+        """This epoch's training batches (a DataLoader or any iterable) from a frozen rollout."""
 
 
 @dataclass
@@ -55,13 +61,17 @@ class Rollout:
     decide_seconds: float = 0.0
     examples: list[dict[str, Any]] = field(default_factory=list)
     env_restarts: int = 0
+    trajectories: list[Trajectory] = field(default_factory=list)
+    """Episodes that finished in this rollout (whole, including steps from earlier rollouts)."""
+    shuffle_seed: int = 0
+    """Seeds the method's minibatch order (drawn from the runner's checkpointed generator)."""
 
     @property
     def num_steps(self) -> int:
         return int(self.rewards.numel())
 
     def stats(self) -> dict[str, float]:
-        """Sums and counts (so ranks can be added up before dividing)."""
+        """Sums and counts (so ranks can be added up before dividing). Always the same keys."""
         flat = [d for row in self.decisions for d in row]
         return {
             "episodes": float(len(self.episodes)),
@@ -77,47 +87,80 @@ class Rollout:
         }
 
 
+#: Called after every rollout step with (steps done, steps total, episodes finished, successes).
+ProgressFn = Callable[[int, int, int, int], None]
+
+
 def collect_rollout(
-    agent: Agent, pool: EnvPool, steps_per_env: int, rng: np.random.Generator, num_examples: int = 0
+    agent: Agent,
+    pool: EnvPool,
+    steps_per_env: int,
+    rng: np.random.Generator,
+    num_examples: int = 0,
+    recorder: EpisodeRecorder | None = None,
+    progress: ProgressFn | None = None,
 ) -> Rollout:
-    """Play ``steps_per_env`` steps in every env of the (already reset) pool."""
+    """Play ``steps_per_env`` steps in every env of the (already reset) pool.
+
+    With a ``recorder``, every step is recorded into its env's episode, and episodes that end are returned
+    whole in ``Rollout.trajectories`` (ground truth kept apart)."""
     T, N = steps_per_env, pool.num_envs
+    task = pool.task_description
     rewards, values, next_values, logprobs = (torch.zeros(T, N) for _ in range(4))
     terminated, truncated = torch.zeros(T, N, dtype=torch.bool), torch.zeros(T, N, dtype=torch.bool)
     decisions: list[list[Decision]] = []
     episodes: list[dict[str, float]] = []
     examples: list[dict[str, Any]] = []
-    finals: list[tuple[int, int, EnvState]] = []  # (step, env, state) of truncated episodes
+    trajectories: list[Trajectory] = []
+    boots: list[tuple[int, int, EnvState]] = []  # (step, env, final state) of truncated episodes
     start, decide_seconds, restarts_before = time.perf_counter(), 0.0, pool.restarts
     for t in range(T):
         states = list(pool.states)
         tick = time.perf_counter()
-        row = agent.decide(states, pool.task_description, greedy=False, rng=rng)
+        row = agent.decide(states, task, greedy=False, rng=rng)
         decide_seconds += time.perf_counter() - tick
         outcomes = pool.step([d.env_action for d in row])
         decisions.append(row)
-        for i, (d, o) in enumerate(zip(row, outcomes)):
+        for i, (s, d, o) in enumerate(zip(states, row, outcomes)):
             rewards[t, i], values[t, i], logprobs[t, i] = o.reward, d.value, d.logprob
             terminated[t, i], truncated[t, i] = o.terminated, o.truncated
             if o.episode is not None:
                 episodes.append(o.episode)
+            if o.truncated and not o.terminated:
+                boots.append((t, i, o.final_state))
+            if recorder is None:
+                continue
+            if o.restarted:  # the worker died: the episode is lost
+                recorder.drop(i)
+                continue
+            recorder.step(i, s.image, s.text, s.goal, d.prompt, d.text, d.env_action, o.reward)
+            if o.episode is not None:
+                final = o.final_state
+                trajectories.append(
+                    recorder.finish(
+                        i, final.image, final.text, (t, i), truncated=o.truncated and not o.terminated,
+                        ground_truth={"success": bool(o.episode["success"])},
+                    )
+                )  # fmt: skip
         if len(examples) < num_examples:
             examples.append(
                 {"image": states[0].image, "text": row[0].text, "action": row[0].env_action, "reward": outcomes[0].reward}
             )
-        finals += [(t, i, o.final_state) for i, o in enumerate(outcomes) if o.final_state is not None]
+        if progress is not None:
+            progress((t + 1) * N, T * N, len(episodes), int(sum(e["success"] for e in episodes)))
     # One batched value pass for every truncated episode's final state and the states the rollout stops in:
     # V(s_{t+1}) for steps that did not end an episode is the next row's value; the last row bootstraps.
-    values_of = agent.state_values([s for _, _, s in finals] + list(pool.states), pool.task_description)
-    for (t, i, _), v in zip(finals, values_of):
+    values_of = agent.state_values([s for _, _, s in boots] + list(pool.states), task)
+    for (t, i, _), v in zip(boots, values_of):
         next_values[t, i] = v
-    last = torch.tensor(values_of[len(finals) :])
+    last = torch.tensor(values_of[len(boots) :], dtype=torch.float32)
     ended = terminated | truncated
     next_values[:-1] = torch.where(ended[:-1], next_values[:-1], values[1:])
     next_values[-1] = torch.where(ended[-1], next_values[-1], last)
     return Rollout(
         decisions, rewards, values, next_values, logprobs, terminated, truncated,
         episodes, time.perf_counter() - start, decide_seconds, examples, pool.restarts - restarts_before,
+        trajectories,
     )  # fmt: skip
 
 
@@ -142,56 +185,20 @@ def play_episodes(
     return [results[i] for i in range(len(seeds))]
 
 
-class PPOEpochSampler(Sampler[list[int]]):
-    """Minibatches for ``ppo_epochs`` passes over the buffer, each pass a fresh seeded permutation.
+class EvalEpisodes:
+    """One validation/test batch: held-out seeds and the envs to play them on (a plain object, so Lightning
+    neither copies nor moves it)."""
 
-    Length-aware: each pass is cut into groups of ``group`` minibatches; within a group transitions are
-    sorted by token count before being split, so a minibatch holds sequences of similar length and pads
-    little; the minibatch order is then shuffled. ``group=1`` is a plain shuffle.
-    """
-
-    def __init__(
-        self, lengths: Sequence[int], batch_size: int, ppo_epochs: int, generator: torch.Generator, group: int = 8
-    ) -> None:
-        self.lengths, self.batch_size, self.ppo_epochs = list(lengths), batch_size, ppo_epochs
-        self.generator, self.group = generator, max(int(group), 1)
-
-    def _one_pass(self) -> list[list[int]]:
-        order = torch.randperm(len(self.lengths), generator=self.generator).tolist()
-        span = self.batch_size * self.group
-        batches = []
-        for start in range(0, len(order), span):
-            chunk = sorted(order[start : start + span], key=lambda i: self.lengths[i])
-            batches += [chunk[k : k + self.batch_size] for k in range(0, len(chunk), self.batch_size)]
-        shuffle = torch.randperm(len(batches), generator=self.generator).tolist()
-        return [batches[k] for k in shuffle]
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for _ in range(self.ppo_epochs):
-            yield from self._one_pass()
+    def __init__(self, seeds: list[int], pool_fn: Callable[[], EnvPool], greedy: bool) -> None:
+        self.seeds, self._pool_fn, self.greedy = seeds, pool_fn, greedy
 
     def __len__(self) -> int:
-        return self.ppo_epochs * -(-len(self.lengths) // self.batch_size)
+        return len(self.seeds)
 
-
-def sample_tokens(sample: dict[str, Any]) -> int:
-    """Tokens a stored decision costs to score again: its prompt once per continuation, plus continuations."""
-    prompt = int(sample["prompt"]["input_ids"].numel())
-    conts = sample.get("candidates") or [sample.get("response", torch.zeros(0))]
-    return sum(prompt + int(c.numel()) for c in conts)
-
-
-def collate_transitions(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {"samples": [it["sample"] for it in items]}
-    for key in ("old_logprobs", "old_values", "advantages", "returns"):
-        out[key] = torch.tensor([it[key] for it in items], dtype=torch.float32)
-    return out
-
-
-def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> float:
-    """1 - Var(R - V) / Var(R): 1 is a perfect critic, 0 no better than a constant, negative worse."""
-    var = returns.var()
-    return float("nan") if var == 0 else float(1 - (returns - values).var() / var)
+    def play(self, agent: Agent) -> list[dict[str, float]]:
+        """Each seed's episode played to the end by ``agent`` (greedy unless the runner says otherwise)."""
+        rng = np.random.default_rng(self.seeds)
+        return play_episodes(agent, self._pool_fn(), self.seeds, greedy=self.greedy, rng=rng)
 
 
 class RolloutDataModule(L.LightningDataModule):
@@ -204,22 +211,18 @@ class RolloutDataModule(L.LightningDataModule):
         env_step_timeout: float = 60.0,
         num_envs: int = 8,
         steps_per_epoch: int = 256,
-        ppo_epochs: int = 4,
-        minibatch_size: int = 8,
-        gamma: float = 0.9,
-        gae_lambda: float = 0.95,
-        normalize_advantages: bool = True,
-        length_grouping: int = 8,
         seed: int = 0,
         val_episodes: int = 100,
         test_episodes: int = 200,
         eval_num_envs: int | None = None,
         eval_greedy: bool = True,
         num_examples: int = 4,
+        keep_frames: bool = True,
     ) -> None:
         """
         Args:
-            env: A registered env name (``numberline``, ``ezpoints``, ``points24``, ``blackjack``, ...).
+            env: A registered env name (``numberline``, ``ezpoints``, ``points24``, ``blackjack``, ``alfworld``,
+                ``babyai``, ``virtualhome``, ``ai2thor``) or ``package.module:EnvClass`` for your own env.
             env_kwargs: Keyword arguments for the env class (e.g. ``{text_state: false}``).
             eval_env_kwargs: Keyword arguments for the evaluation envs, on top of ``env_kwargs`` (e.g.
                 ``{split: eval}`` to evaluate ALFWorld on its held-out games).
@@ -227,33 +230,25 @@ class RolloutDataModule(L.LightningDataModule):
                 restarted (episode dropped, counted in ``rollout/env_restarts``) if it dies or hangs.
             env_step_timeout: Seconds a subprocess env may take for one step or reset before it is restarted.
             num_envs: Envs per rank, stepped together with one batched decision per step.
-            steps_per_epoch: Env steps per rank per epoch (one PPO update); a multiple of ``num_envs``.
-            ppo_epochs: Passes over each rollout buffer.
-            minibatch_size: Transitions per training step (per rank); use ``trainer.accumulate_grad_batches``
-                to make larger effective batches.
-            gamma: Discount factor.
-            gae_lambda: GAE's lambda.
-            normalize_advantages: Zero-mean, unit-std advantages over the whole buffer (of all ranks).
-            length_grouping: Sort transitions by length within groups of this many minibatches, so each
-                minibatch pads little (1: plain shuffle).
+            steps_per_epoch: Env steps per rank per epoch (one rollout, one update); a multiple of ``num_envs``.
             seed: Seeds every env, sampler and the minibatch order together with the rank and env index.
             val_episodes: Held-out episodes per validation run (split over ranks).
-            test_episodes: Held-out episodes for ``selu test``.
+            test_episodes: Held-out episodes for ``selu test`` and ``selu predict``.
             eval_num_envs: Envs played together in evaluation (default: ``num_envs``).
             eval_greedy: Greedy actions in evaluation; false samples as in training.
             num_examples: Steps of env 0 kept per epoch (frame + generated text) for TensorBoard.
+            keep_frames: Keep every step's frame in the recorded trajectories (reward sources, stores); false
+                keeps only each episode's final frame.
         """
         super().__init__()
         env_class(env)  # unknown names fail here, before any model loads
         if num_envs < 1 or steps_per_epoch < 1:
-            raise ConfigError(f"num_envs ({num_envs}) and steps_per_epoch ({steps_per_epoch}) must be >= 1")
+            raise ConfigError(f"data.num_envs ({num_envs}) and data.steps_per_epoch ({steps_per_epoch}) must be >= 1")
         if steps_per_epoch % num_envs:
             raise ConfigError(
                 f"data.steps_per_epoch ({steps_per_epoch}) must be divisible by data.num_envs ({num_envs}) "
                 "so every env plays the same number of steps"
             )
-        if ppo_epochs < 1 or minibatch_size < 1:
-            raise ConfigError(f"ppo_epochs ({ppo_epochs}) and minibatch_size ({minibatch_size}) must be >= 1")
         self.env = env
         self.env_kwargs = dict(env_kwargs or {})
         self.eval_env_kwargs = self.env_kwargs | dict(eval_env_kwargs or {})
@@ -261,24 +256,19 @@ class RolloutDataModule(L.LightningDataModule):
         self.env_step_timeout = env_step_timeout
         self.num_envs = num_envs
         self.steps_per_epoch = steps_per_epoch
-        self.ppo_epochs = ppo_epochs
-        self.minibatch_size = minibatch_size
-        self.gamma = gamma
-        self.gae_lambda = gae_lambda
-        self.normalize_advantages = normalize_advantages
-        self.length_grouping = length_grouping
         self.seed = seed
         self.val_episodes = val_episodes
         self.test_episodes = test_episodes
         self.eval_num_envs = eval_num_envs or num_envs
         self.eval_greedy = eval_greedy
         self.num_examples = num_examples
+        self.keep_frames = keep_frames
         self.pool: EnvPool | None = None
         self.eval_pool: EnvPool | None = None
         self.rng: np.random.Generator | None = None
+        self.recorder: EpisodeRecorder | None = None
         self.last_rollout: Rollout | None = None
-        self.last_rollout_stats: dict[str, float] = {}
-        self._loader: tuple[int, DataLoader] | None = None
+        self._loader: tuple[int, Any] | None = None
 
     @property
     def env_cls(self) -> type:
@@ -292,6 +282,13 @@ class RolloutDataModule(L.LightningDataModule):
     def _world(self) -> int:
         return self.trainer.world_size if self.trainer is not None else 1
 
+    def setup(self, stage: str) -> None:
+        """Let the module check it can act in this env (e.g. an action space that needs legal actions)."""
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        check = getattr(module, "check_env", None)
+        if check is not None:
+            check(self.env_cls)
+
     def _train_pool(self) -> EnvPool:
         """Built on first use (after every component's setup checks), reset once, then stepped forever."""
         if self.pool is None:
@@ -301,6 +298,8 @@ class RolloutDataModule(L.LightningDataModule):
             )  # fmt: skip
             self.pool.reset()
             self.rng = np.random.default_rng(seed_stream(self.seed, "sampler", self._rank))
+        if self.recorder is None:
+            self.recorder = EpisodeRecorder(self.num_envs, f"train-{self._rank}", keep_frames=self.keep_frames)
         return self.pool
 
     def eval_envs(self) -> EnvPool:
@@ -312,72 +311,64 @@ class RolloutDataModule(L.LightningDataModule):
         return self.eval_pool
 
     # ------------------------------------------------------------------ training
-    def train_dataloader(self) -> DataLoader:
-        """This epoch's rollout as minibatches. Lightning may ask twice before an update (on resume it loads
-        at run start and again at the epoch's start): a new rollout is collected only once the policy has
-        changed, i.e. once the optimizer has stepped since the last one."""
+    def train_dataloader(self) -> Any:
+        """This epoch's rollout, turned into batches by the module. Lightning may ask twice before an update
+        (on resume it loads at run start and again at the epoch's start): a new rollout is collected only
+        once the policy has changed, i.e. once the optimizer has stepped since the last one."""
         version = self.trainer.global_step
         if self._loader is not None and self._loader[0] == version:
             return self._loader[1]
-        loader = self._collect_and_serve()
+        module = self.trainer.lightning_module
+        rollout = self.collect(module)
+        loader = module.build_train_data(rollout)
         self._loader = (version, loader)
         return loader
 
-    def _collect_and_serve(self) -> DataLoader:
-        agent: Agent = self.trainer.lightning_module
+    def collect(self, agent: Agent) -> Rollout:
+        """One rollout of ``steps_per_epoch`` steps with ``agent``, continuing the envs where they are."""
         pool = self._train_pool()
+        progress = _rollout_progress(self.trainer)
         rollout = collect_rollout(
-            agent, pool, self.steps_per_epoch // self.num_envs, self.rng, num_examples=self.num_examples
-        )
-        advantages, returns = gae(
-            rollout.rewards, rollout.values, rollout.next_values, rollout.terminated, rollout.truncated,
-            self.gamma, self.gae_lambda,
+            agent, pool, self.steps_per_epoch // self.num_envs, self.rng, num_examples=self.num_examples,
+            recorder=self.recorder, progress=progress,
         )  # fmt: skip
-        if self.normalize_advantages:
-            advantages = normalize_advantages(advantages)
-        self.last_rollout = rollout
-        self.last_rollout_stats = rollout.stats() | {
-            "explained_variance": explained_variance(rollout.values.flatten(), returns.flatten())
-        }
-        items = [
-            {
-                "sample": d.sample,
-                "old_logprobs": float(rollout.logprobs[t, i]),
-                "old_values": float(rollout.values[t, i]),
-                "advantages": float(advantages[t, i]),
-                "returns": float(returns[t, i]),
-            }
-            for t, row in enumerate(rollout.decisions)
-            for i, d in enumerate(row)
-        ]
         # Minibatch order comes from the rollout generator (checkpointed), not from the epoch number, which
         # Lightning reports differently while it restores a run.
-        generator = torch.Generator().manual_seed(int(self.rng.integers(2**63 - 1)))
-        lengths = [sample_tokens(it["sample"]) for it in items]
-        sampler = PPOEpochSampler(lengths, self.minibatch_size, self.ppo_epochs, generator, self.length_grouping)
-        return DataLoader(items, batch_sampler=sampler, collate_fn=collate_transitions)
+        rollout.shuffle_seed = int(self.rng.integers(2**63 - 1))
+        self.last_rollout = rollout
+        return rollout
 
     # ------------------------------------------------------------------ evaluation
     def eval_seeds(self, stage: str) -> list[list[int]]:
         """This rank's held-out seeds, in batches of ``eval_num_envs``; every rank gets as many batches."""
-        total = self.test_episodes if stage == "test" else self.val_episodes
+        total = self.test_episodes if stage in ("test", "predict") else self.val_episodes
         per_rank = -(-total // self._world)
-        seeds = seed_stream(self.seed, "test" if stage == "test" else "val").generate_state(per_rank * self._world)
+        stream = "val" if stage == "val" else "test"
+        seeds = seed_stream(self.seed, stream).generate_state(per_rank * self._world)
         mine = [int(s) for s in seeds[self._rank :: self._world]]
         return [mine[i : i + self.eval_num_envs] for i in range(0, len(mine), self.eval_num_envs)]
 
+    def _eval_loader(self, stage: str) -> DataLoader:
+        batches = [EvalEpisodes(seeds, self.eval_envs, self.eval_greedy) for seeds in self.eval_seeds(stage)]
+        return DataLoader(batches, batch_size=None, collate_fn=_identity)
+
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.eval_seeds("val"), batch_size=None, collate_fn=lambda seeds: seeds)
+        return self._eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(self.eval_seeds("test"), batch_size=None, collate_fn=lambda seeds: seeds)
+        return self._eval_loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._eval_loader("predict")
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """Every rank's rollout state (envs mid-episode, samplers, RNGs), gathered so one file resumes all ranks."""
+        """Every rank's rollout state (envs mid-episode, episodes in flight, samplers, RNGs), gathered so one
+        file resumes all ranks. Every rank calls this at the same point (the checkpoint callback)."""
         mine = pickle.dumps(
             {
                 "pool": self.pool.snapshot() if self.pool is not None else None,
+                "recorder": self.recorder.state_dict() if self.recorder is not None else None,
                 "rng": self.rng.bit_generator.state if self.rng is not None else None,
                 "torch_rng": torch.get_rng_state(),
                 "numpy_rng": np.random.get_state(),
@@ -406,12 +397,22 @@ class RolloutDataModule(L.LightningDataModule):
             self.pool = EnvPool.restore(mine["pool"])
             self.rng = np.random.default_rng()
             self.rng.bit_generator.state = mine["rng"]
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
+        if mine.get("recorder") is not None:
+            self.recorder = EpisodeRecorder(self.num_envs, "", keep_frames=self.keep_frames)
+            self.recorder.load_state_dict(mine["recorder"])
 
     def teardown(self, stage: str) -> None:
         for pool in (self.pool, self.eval_pool):
             if pool is not None:
                 pool.close()
         self.pool = self.eval_pool = None
+
+
+def _identity(batch: Any) -> Any:
+    return batch
+
+
+def _rollout_progress(trainer: Any) -> ProgressFn | None:
+    """The progress bar's rollout hook, when the trainer's progress bar has one."""
+    bar = getattr(trainer, "progress_bar_callback", None) if trainer is not None else None
+    return getattr(bar, "rollout_progress", None)

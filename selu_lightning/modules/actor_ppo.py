@@ -1,9 +1,10 @@
 """ActorPPO: RL4VLM's PPO over a VLM policy. The whole loop, readable in one place:
 
-1. rollout   ``RolloutDataModule.train_dataloader`` calls :meth:`decide` for N envs per step (eval, no grad)
-2. advantages  GAE + normalisation over the frozen buffer (``rl.advantages``)
-3. update    :meth:`training_step` re-scores the stored token ids and applies the pure losses (``rl.losses``)
-4. evaluate  :meth:`validation_step` plays held-out episodes to the end (greedy by default)
+1. rollout     the runner (``RolloutDataModule``) calls :meth:`decide` for N envs per step (eval, no grad)
+2. advantages  :meth:`build_train_data`: rewards from ``model.reward``, GAE, normalisation over every rank's
+               buffer (``rl.advantages``), shuffled length-aware minibatches for ``ppo_epochs`` passes
+3. update      :meth:`training_step` re-scores the stored token ids and applies the pure losses (``rl.losses``)
+4. evaluate    :meth:`validation_step` plays held-out episodes to the end (greedy by default)
 """
 
 from __future__ import annotations
@@ -18,15 +19,24 @@ import torch
 from jsonargparse import lazy_instance
 from torch import nn
 
+from torch.utils.data import DataLoader
+
 from selu_lightning.errors import ConfigError
 from selu_lightning.export import CONFIG_KEY, policy_config_to_dict
-from selu_lightning.action_spaces.base import ActionSpace, Decision, user_message
+from selu_lightning.action_spaces.base import ActionSpace, Decision
 from selu_lightning.action_spaces.candidates import CandidateActionSpace
 from selu_lightning.envs.pool import EnvState
 from selu_lightning.policy.vlm import PolicyConfig, VLMPolicy
+from selu_lightning.rewards.base import EnvReward, RewardSource
+from selu_lightning.rl.advantages import gae, normalize_advantages
 from selu_lightning.rl.losses import clipped_value_loss, k3_kl, ppo_policy_loss
+from selu_lightning.rl.minibatches import CONSTANTS, PPOEpochSampler, collate_transitions, explained_variance, sample_tokens
 
-__all__ = ["ActorPPO"]
+__all__ = ["ActorPPO", "NonFiniteLossError"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many optimizer steps in a row had NaN/inf gradients: the run stops (the last checkpoint stays)."""
 
 #: Most prompts scored together when only values are needed (bootstrap states at the end of a rollout).
 VALUE_CHUNK = 32
@@ -54,6 +64,13 @@ class ActorPPO(L.LightningModule):
         self,
         policy: PolicyConfig,
         action_space: ActionSpace = lazy_instance(CandidateActionSpace),
+        reward: RewardSource = lazy_instance(EnvReward),
+        gamma: float = 0.9,
+        gae_lambda: float = 0.95,
+        ppo_epochs: int = 4,
+        minibatch_size: int = 8,
+        normalize_advantages: bool = True,
+        length_grouping: int = 8,
         clip: float = 0.1,
         value_clip: float | None = 0.1,
         value_coef: float = 0.5,
@@ -62,41 +79,68 @@ class ActorPPO(L.LightningModule):
         lr: float = 1e-5,
         lr_min: float = 1e-9,
         lr_schedule: Literal["cosine", "constant"] = "cosine",
+        lr_schedule_updates: int | None = None,
         weight_decay: float = 0.0,
         dropout_in_update: bool = False,
+        max_nonfinite_steps: int = 5,
         log_examples_every_n_epochs: int = 5,
     ) -> None:
         """
         Args:
             policy: The VLM policy: checkpoint, dtype, LoRA, value head.
             action_space: How output becomes env actions: ``TextActionSpace`` (RL4VLM) or ``CandidateActionSpace``.
+            reward: What steps are rewarded with for learning: ``EnvReward`` (the simulator's, default) or an
+                ``EpisodeEndReward`` that judges whole episodes (e.g. a critic's verdict).
+            gamma: Discount factor.
+            gae_lambda: GAE's lambda.
+            ppo_epochs: Passes over each rollout buffer.
+            minibatch_size: Transitions per training step (per rank); use ``trainer.accumulate_grad_batches``
+                to make larger effective batches.
+            normalize_advantages: Zero-mean, unit-std advantages over the whole buffer (of all ranks).
+            length_grouping: Sort transitions by length within groups of this many minibatches, so each
+                minibatch pads little (1: plain shuffle).
             clip: PPO ratio clip range epsilon.
             value_clip: Clip range of the value update around the rollout value; null: no value clipping.
             value_coef: Weight of the value loss.
             entropy_coef: Weight of the entropy bonus (0: none, as RL4VLM).
-            kl_coef: Weight of the k3 KL to the frozen base model (LoRA switched off); needs LoRA.
+            kl_coef: Weight of the per-token k3 KL to the frozen base model (LoRA switched off); needs LoRA.
             lr: Peak learning rate (AdamW).
             lr_min: Final learning rate of the cosine schedule.
-            lr_schedule: ``cosine`` from lr to lr_min over ``trainer.max_epochs`` updates, or ``constant``.
+            lr_schedule: ``cosine`` from lr to lr_min over the run's updates (one per rollout), or ``constant``.
+            lr_schedule_updates: Length of the cosine schedule in updates; null: from what bounds the run
+                (``trainer.max_epochs``, or ``trainer.max_steps`` in optimizer steps). Needed for runs bounded
+                only by ``trainer.max_time``.
             weight_decay: AdamW weight decay.
             dropout_in_update: Keep dropout (e.g. LoRA dropout) on in PPO updates, as RL4VLM did. Off by default:
                 then the first minibatch's ratio is exactly 1 and the update sees the policy that acted.
+            max_nonfinite_steps: An optimizer step whose gradients hold NaN/inf is skipped and counted
+                (``train/nonfinite_steps``); this many in a row stop the run with an error.
             log_examples_every_n_epochs: Log frames with generated text to TensorBoard this often (0: never).
         """
         super().__init__()
-        self.save_hyperparameters(ignore=["policy", "action_space"])
+        self.save_hyperparameters(ignore=["policy", "action_space", "reward"])
         if kl_coef > 0 and policy.lora is None:
             raise ConfigError("model.kl_coef > 0 needs LoRA (the reference is the base model with adapters off)")
+        if policy.value_head_widths is None:
+            raise ConfigError("ActorPPO needs a value head: set model.policy.value_head_widths (e.g. [1024, 512])")
+        if ppo_epochs < 1 or minibatch_size < 1:
+            raise ConfigError(f"model.ppo_epochs ({ppo_epochs}) and model.minibatch_size ({minibatch_size}) must be >= 1")
+        if lr_schedule_updates is not None and lr_schedule_updates < 1:
+            raise ConfigError(f"model.lr_schedule_updates must be >= 1 (got {lr_schedule_updates})")
         self.policy = VLMPolicy(policy)
         self.action_space = action_space
+        self.reward = reward
         self.strict_loading = False  # checkpoints hold only the trained weights (adapter + value head)
         self._all_modules: list[nn.Module] = []
+        self._epoch_metrics: dict[str, float] = {}
+        self._examples: list[dict[str, Any]] = []
+        self._nonfinite_in_a_row = 0
+        self._nonfinite_epoch = 0
 
     # ------------------------------------------------------------------ setup
-    def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None and hasattr(datamodule, "env_cls"):
-            self.action_space.check_env(datamodule.env_cls)
+    def check_env(self, env_cls: type) -> None:
+        """Called by the runner: fail in one line if the action space cannot act in this env."""
+        self.action_space.check_env(env_cls)
 
     def configure_model(self) -> None:
         self.policy.load()
@@ -107,30 +151,41 @@ class ActorPPO(L.LightningModule):
         optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         if self.hparams.lr_schedule == "constant":
             return optimizer
-        updates = max(int(self.trainer.max_epochs or 1), 1)
+        self._schedule_updates()  # a run whose length is unknown fails here, before any rollout
         floor = self.hparams.lr_min / self.hparams.lr
 
-        def cosine(epoch: int) -> float:
-            progress = min(epoch / max(updates - 1, 1), 1.0)
+        def cosine(update: int) -> float:
+            progress = min(update / max(self._schedule_updates() - 1, 1), 1.0)
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
-    # ------------------------------------------------------------------ acting (the Agent protocol)
-    def _prompts(self, states: Sequence[EnvState], task: str) -> list[dict[str, torch.Tensor]]:
-        """Each state's prompt tensors, encoded once per state and action space."""
-        space = self.action_space
-        prompts = []
-        for s in states:
-            key = ("prompt", id(space), task)
-            if key not in s.cache:
-                text = space.prompt_text(task, s.text, s.goal, s.legal_actions)
-                s.cache[key] = self.policy.encode_prompt(
-                    user_message(text, space.with_image), s.image if space.with_image else None
-                )
-            prompts.append(s.cache[key])
-        return prompts
+    def _schedule_updates(self) -> int:
+        """How many updates (rollout epochs) the cosine schedule spans: the config's number, else what bounds
+        the run. ``max_steps`` counts optimizer steps: converted with this run's steps per update, known once
+        the first rollout is served (the schedule is first read after the first update)."""
+        if self.hparams.lr_schedule_updates is not None:
+            return int(self.hparams.lr_schedule_updates)
+        trainer = self.trainer
+        bounds = []
+        if trainer.max_epochs is not None and trainer.max_epochs > 0:
+            bounds.append(int(trainer.max_epochs))
+        if trainer.max_steps is not None and trainer.max_steps > 0:
+            per_update = self._optimizer_steps_per_update()
+            bounds.append(math.ceil(trainer.max_steps / per_update) if per_update else trainer.max_steps)
+        if not bounds:
+            raise ConfigError(
+                "the cosine schedule needs its length: set model.lr_schedule_updates (updates = rollout epochs), "
+                "trainer.max_epochs or trainer.max_steps, or use model.lr_schedule=constant"
+            )
+        return min(bounds)
+
+    def _optimizer_steps_per_update(self) -> int | None:
+        batches = self.trainer.num_training_batches
+        if not isinstance(batches, int) or batches <= 0:
+            return None
+        return math.ceil(batches / self.trainer.accumulate_grad_batches)
 
     def _submodules(self) -> list[nn.Module]:
         """Every submodule (listed once, when the model has loaded) for cheap eval-mode switches."""
@@ -148,40 +203,112 @@ class ActorPPO(L.LightningModule):
 
     @torch.no_grad()
     def decide(self, states: Sequence[EnvState], task: str, *, greedy: bool, rng: np.random.Generator) -> list[Decision]:
+        space = self.action_space
         with eval_mode(self, self._submodules()), self._precision():
-            return self.action_space.act(
-                self.policy, self._prompts(states, task), [s.legal_actions for s in states], greedy=greedy, rng=rng
-            )
+            prompts = space.encode(self.policy, states, task)
+            decisions = space.act(self.policy, prompts, [s.legal_actions for s in states], greedy=greedy, rng=rng)
+        for d, s in zip(decisions, states):
+            d.prompt = space.state_prompt(s, task)
+        return decisions
 
     @torch.no_grad()
     def state_values(self, states: Sequence[EnvState], task: str) -> list[float]:
         """V(s) per state, scored in chunks of at most ``VALUE_CHUNK`` prompts (bounded memory)."""
-        prompts = self._prompts(states, task)
+        prompts = self.action_space.encode(self.policy, states, task)
         values: list[float] = []
         with eval_mode(self, self._submodules()), self._precision():
             for start in range(0, len(prompts), VALUE_CHUNK):
                 chunk = prompts[start : start + VALUE_CHUNK]
-                out = self.policy.score(chunk, [torch.zeros(0, dtype=torch.long)] * len(chunk))
-                values += out.values.float().cpu().tolist()
+                out = self.policy.backbone(chunk, [torch.zeros(0, dtype=torch.long)] * len(chunk))
+                values += self.policy.values(out).float().cpu().tolist()
         return values
+
+    # ------------------------------------------------------------------ rollout -> training data
+    def _sum_across_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum over ranks, handed to the collective on the strategy's root device (NCCL takes only CUDA
+        tensors); returned on the caller's device."""
+        trainer = self._trainer
+        if trainer is None or trainer.world_size == 1:
+            return tensor
+        strategy = trainer.strategy
+        return strategy.reduce(tensor.to(strategy.root_device), reduce_op="sum").to(tensor.device)
+
+    def build_train_data(self, rollout: Any) -> DataLoader:
+        """GAE on the reward source's rewards, advantages normalised over every rank, and ``ppo_epochs``
+        shuffled passes of length-aware minibatches. Every rank calls this at the same point of the loop:
+        the rollout's statistics are summed across ranks here, never in an epoch-end hook (where Lightning's
+        own metric syncs run in an order that differs between ranks)."""
+        hp = self.hparams
+        rewards = self.reward.rewards(rollout)
+        advantages, returns = gae(
+            rewards, rollout.values, rollout.next_values, rollout.terminated, rollout.truncated, hp.gamma, hp.gae_lambda
+        )
+        if hp.normalize_advantages:
+            advantages = normalize_advantages(advantages, sum_across_ranks=self._sum_across_ranks)
+        self._epoch_metrics = self._rollout_metrics(rollout, rewards, returns)
+        self._examples = rollout.examples
+        items = [
+            {
+                "sample": d.sample,
+                "old_logprobs": float(rollout.logprobs[t, i]),
+                "old_values": float(rollout.values[t, i]),
+                "advantages": float(advantages[t, i]),
+                "returns": float(returns[t, i]),
+            }
+            for t, row in enumerate(rollout.decisions)
+            for i, d in enumerate(row)
+        ]
+        generator = torch.Generator().manual_seed(rollout.shuffle_seed)
+        lengths = [sample_tokens(it["sample"]) for it in items]
+        sampler = PPOEpochSampler(lengths, hp.minibatch_size, hp.ppo_epochs, generator, hp.length_grouping)
+        return DataLoader(items, batch_sampler=sampler, collate_fn=collate_transitions)
+
+    def _rollout_metrics(self, rollout: Any, rewards: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
+        """This epoch's rollout metrics over all ranks: one sum of a fixed-size vector, whatever the rollout saw."""
+        stats = rollout.stats() | {"learning_reward_sum": float(rewards.sum())}
+        keys = sorted(stats)
+        summed = self._sum_across_ranks(torch.tensor([stats[k] for k in keys], dtype=torch.float64))
+        total = dict(zip(keys, summed.tolist()))
+        world = self.trainer.world_size if self._trainer is not None else 1
+        seconds = max(total["seconds"] / world, 1e-9)  # ranks roll out in parallel
+        metrics = {
+            "perf/env_steps_per_s": total["steps"] / seconds,
+            "perf/gen_tokens_per_s": total["generated_tokens"] / max(total["decide_seconds"] / world, 1e-9),
+            "train/parse_failure_rate": total["parse_failures"] / max(total["steps"], 1.0),
+            "train/explained_variance": explained_variance(rollout.values.flatten(), returns.flatten()),
+            "train/episodes": total["episodes"],
+            "train/learning_reward": total["learning_reward_sum"] / max(total["steps"], 1.0),
+            "rollout/env_restarts": total["env_restarts"],
+            "rollout/steps": total["steps"],
+        }
+        if total["episodes"] > 0:
+            metrics["train/episode_return"] = total["episode_return_sum"] / total["episodes"]
+            metrics["train/success_rate"] = total["success_sum"] / total["episodes"]
+            metrics["train/episode_length"] = total["episode_length_sum"] / total["episodes"]
+        return metrics
 
     # ------------------------------------------------------------------ update
     def ppo_losses(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Named loss terms (their sum is the loss) and diagnostics for one minibatch."""
-        need_entropy = self.hparams.entropy_coef > 0
-        with nullcontext() if self.hparams.dropout_in_update else eval_mode(self, self._update_eval_modules()):
+        """Named loss terms (their sum is the loss) and diagnostics for one minibatch, all in fp32."""
+        hp = self.hparams
+        const = {k: torch.as_tensor(batch[k], dtype=torch.float32, device=self.device) for k in CONSTANTS}
+        need_entropy = hp.entropy_coef > 0
+        with nullcontext() if hp.dropout_in_update else eval_mode(self, self._update_eval_modules()):
             ev = self.action_space.evaluate(self.policy, batch["samples"], with_entropy=need_entropy)
-        pg_loss, stats = ppo_policy_loss(ev.logprobs, batch["old_logprobs"], batch["advantages"], self.hparams.clip)
-        v_loss = clipped_value_loss(ev.values, batch["old_values"], batch["returns"], self.hparams.value_clip)
-        losses = {"loss_policy": pg_loss, "loss_value": self.hparams.value_coef * v_loss}
+        pg_loss, stats = ppo_policy_loss(ev.logprobs, const["old_logprobs"], const["advantages"], hp.clip, mask=ev.loss_mask)
+        v_loss = clipped_value_loss(ev.values, const["old_values"], const["returns"], hp.value_clip)
+        losses = {"loss_policy": pg_loss, "loss_value": hp.value_coef * v_loss}
         if need_entropy:
-            losses["loss_entropy"] = -self.hparams.entropy_coef * ev.entropy.mean()
+            losses["loss_entropy"] = -hp.entropy_coef * ev.entropy.mean()
             stats["entropy"] = ev.entropy.detach().mean()
-        if self.hparams.kl_coef > 0:
+        if hp.kl_coef > 0:
             with torch.no_grad(), self.policy.reference(), eval_mode(self, self._submodules()):
                 ref = self.action_space.evaluate(self.policy, batch["samples"], with_entropy=False)
-            kl = k3_kl(ev.logprobs, ref.logprobs)
-            losses["loss_kl"] = self.hparams.kl_coef * kl
+            if ev.token_logprobs is not None and ref.token_logprobs is not None:
+                kl = k3_kl(torch.cat(ev.token_logprobs), torch.cat(ref.token_logprobs))
+            else:
+                kl = k3_kl(ev.logprobs, ref.logprobs)
+            losses["loss_kl"] = hp.kl_coef * kl
             stats["kl_to_base"] = kl.detach()
         return losses, stats
 
@@ -189,47 +316,54 @@ class ActorPPO(L.LightningModule):
         losses, stats = self.ppo_losses(batch)
         loss = torch.stack(list(losses.values())).sum()
         n = len(batch["samples"])
-        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, on_epoch=True, on_step=False, batch_size=n, sync_dist=True)
-        self.log_dict({f"train/{k}": v for k, v in stats.items() if k != "ratio_max_abs_log"}, on_epoch=True, on_step=False, batch_size=n, sync_dist=True)
-        self.log("train/loss", loss.detach(), on_epoch=True, on_step=False, batch_size=n, sync_dist=True)
+        log = dict(on_epoch=True, on_step=False, batch_size=n, sync_dist=True)
+        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, **log)
+        self.log_dict({f"train/{k}": v for k, v in stats.items() if k != "ratio_max_abs_log"}, **log)
+        self.log("train/loss", loss.detach(), prog_bar=True, **log)
+        if batch_idx == 0:
+            # 0 when rollout and update score alike (invariant 1); the same key on every rank, every epoch.
+            self.log("train/clip_fraction_first_minibatch", stats["clip_fraction"], **log)
         return loss
 
-    def on_train_epoch_end(self) -> None:
-        datamodule = self.trainer.datamodule
-        stats = dict(datamodule.last_rollout_stats)
-        if not stats:
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Skip a step whose gradients hold NaN/inf (every rank sees the same synced gradients, so all skip
+        together): its gradients are dropped, so AdamW leaves every weight and moment as it was."""
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            return  # fp16's GradScaler already skips such steps
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if not grads:
             return
-        ev = stats.pop("explained_variance")
-        keys = sorted(stats)
-        summed = self.trainer.strategy.reduce(
-            torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=self.device), reduce_op="sum"
-        )
-        total = dict(zip(keys, summed.tolist()))
-        seconds = total["seconds"] / self.trainer.world_size  # ranks roll out in parallel
-        metrics = {
-            "train/env_steps": total["steps"] * (self.current_epoch + 1),  # every epoch collects as many steps
-            "perf/env_steps_per_s": total["steps"] / max(seconds, 1e-9),
-            "perf/gen_tokens_per_s": total["generated_tokens"] / max(total["decide_seconds"] / self.trainer.world_size, 1e-9),
-            "train/parse_failure_rate": total["parse_failures"] / max(total["steps"], 1.0),
-            "train/explained_variance": ev,
-            "train/episodes": total["episodes"],
-            "rollout/env_restarts": total["env_restarts"],
-        }
-        if total["episodes"] > 0:
-            metrics["train/episode_return"] = total["episode_return_sum"] / total["episodes"]
-            metrics["train/success_rate"] = total["success_sum"] / total["episodes"]
-            metrics["train/episode_length"] = total["episode_length_sum"] / total["episodes"]
-        self.log_dict(metrics, on_epoch=True, sync_dist=False, rank_zero_only=True)
-        self._log_examples(datamodule.last_rollout)
+        total = torch.stack([g.detach().float().abs().sum() for g in grads]).sum()
+        if torch.isfinite(total):
+            self._nonfinite_in_a_row = 0
+            return
+        for p in self.parameters():
+            p.grad = None
+        self._nonfinite_in_a_row += 1
+        self._nonfinite_epoch += 1
+        if self._nonfinite_in_a_row >= self.hparams.max_nonfinite_steps:
+            raise NonFiniteLossError(
+                f"{self._nonfinite_in_a_row} optimizer steps in a row had NaN/inf gradients (skipped); stopping. "
+                "Lower model.lr, check the rewards, or raise model.max_nonfinite_steps"
+            )
 
-    def _log_examples(self, rollout: Any) -> None:
+    def on_train_epoch_end(self) -> None:
+        """Log the rollout's metrics (already summed over ranks in :meth:`build_train_data`): no collective."""
+        metrics = dict(self._epoch_metrics)
+        metrics["train/env_steps"] = metrics.pop("rollout/steps", 0.0) * (self.current_epoch + 1)
+        metrics["train/nonfinite_steps"] = float(self._nonfinite_epoch)
+        self._nonfinite_epoch = 0
+        self.log_dict(metrics, on_epoch=True, sync_dist=False, rank_zero_only=True)
+        self._log_examples(self._examples)
+
+    def _log_examples(self, examples: list[dict[str, Any]]) -> None:
         every = self.hparams.log_examples_every_n_epochs
         experiment = getattr(self.logger, "experiment", None)
-        if not every or rollout is None or self.current_epoch % every or not hasattr(experiment, "add_image"):
+        if not every or not examples or self.current_epoch % every or not hasattr(experiment, "add_image"):
             return
         if self.global_rank != 0:
             return
-        for k, ex in enumerate(rollout.examples):
+        for k, ex in enumerate(examples):
             experiment.add_image(f"examples/frame_{k}", ex["image"], self.current_epoch, dataformats="HWC")
             experiment.add_text(
                 f"examples/step_{k}",
@@ -238,31 +372,23 @@ class ActorPPO(L.LightningModule):
             )
 
     # ------------------------------------------------------------------ evaluation
-    def _play(self, seeds: list[int]) -> list[dict[str, float]]:
-        """Held-out episodes, one per seed, played to the end (greedy unless ``data.eval_greedy`` is false)."""
-        from selu_lightning.data.rollout import play_episodes
-
-        datamodule = self.trainer.datamodule
-        rng = np.random.default_rng(seeds)
-        return play_episodes(self, datamodule.eval_envs(), seeds, greedy=datamodule.eval_greedy, rng=rng)
-
-    def _eval_step(self, seeds: list[int], stage: str) -> None:
-        episodes = self._play(seeds)
+    def _eval_step(self, batch: Any, stage: str) -> None:
+        episodes = batch.play(self)
         n = len(episodes)
         success = torch.tensor([e["success"] for e in episodes], dtype=torch.float32).mean()
         ret = torch.tensor([e["return"] for e in episodes], dtype=torch.float32).mean()
-        self.log(f"{stage}/success_rate", success, batch_size=n, sync_dist=True)
+        self.log(f"{stage}/success_rate", success, batch_size=n, sync_dist=True, prog_bar=True)
         self.log(f"{stage}/episode_return", ret, batch_size=n, sync_dist=True)
 
-    def validation_step(self, seeds: list[int], batch_idx: int) -> None:
-        self._eval_step(seeds, "val")
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
 
-    def test_step(self, seeds: list[int], batch_idx: int) -> None:
-        self._eval_step(seeds, "test")
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
 
-    def predict_step(self, seeds: list[int], batch_idx: int) -> list[dict[str, float]]:
+    def predict_step(self, batch: Any, batch_idx: int) -> list[dict[str, float]]:
         """``selu predict``: play held-out test episodes and return each one's return, length and success."""
-        return [dict(e, seed=float(s)) for e, s in zip(self._play(seeds), seeds)]
+        return [dict(e, seed=float(s)) for e, s in zip(batch.play(self), batch.seeds)]
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

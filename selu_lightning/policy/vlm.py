@@ -5,11 +5,15 @@ every configuration error is reported before a multi-GB checkpoint is read, and 
 
 Two operations serve every action space:
 
-- :meth:`generate`: one batched, left-padded ``generate`` for all envs (sampling only; no scores kept).
-- :meth:`score`: one right-padded teacher-forced forward over prompt + continuation that returns fp32
-  per-token log-probs of the continuation (logits / temperature, image tokens masked out), the value of the
-  last prompt token and, if asked, per-token entropies. Rollout (no grad, eval mode) and the PPO update
-  call the same function on the same stored token ids, so old and new log-probs agree by construction.
+- :meth:`generate`: one batched, left-padded ``generate`` for all envs (sampling only; no scores kept). It
+  samples from exactly the distribution :meth:`continuation_logprobs` scores (logits / temperature, image
+  tokens and, before ``min_new_tokens``, EOS masked): the checkpoint's own ``generation_config`` sampling
+  settings (repetition penalty, top-k/top-p, ...) are dropped at load, since scoring could not reproduce them.
+- :meth:`score`: one right-padded teacher-forced pass, split into :meth:`backbone` (hidden states, the one
+  expensive forward) and heads on it: :meth:`continuation_logprobs` (fp32 per-token log-probs and entropies)
+  and :meth:`values` (the optional value head on the last prompt token). Later heads (latent-code logits, a
+  critic's yes/no) read the same hidden states. Rollout (no grad, eval mode) and the PPO update call the
+  same functions on the same stored token ids, so old and new log-probs agree by construction.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from torch import nn
 from selu_lightning.errors import ConfigError
 from selu_lightning.policy.tiny import resolve_model_path
 
-__all__ = ["LoraSettings", "PolicyConfig", "VLMPolicy", "ScoreOutput", "PromptSample"]
+__all__ = ["LoraSettings", "PolicyConfig", "VLMPolicy", "ScoreOutput", "BackboneOutput", "PromptSample"]
 
 #: One prompt as the processor produced it: ``input_ids`` 1-D, image tensors with their batch dim.
 PromptSample = dict[str, torch.Tensor]
@@ -64,10 +68,33 @@ class LoraSettings:
 class ScoreOutput:
     token_logprobs: list[torch.Tensor]
     """Per continuation: fp32 log p(token) of each continuation token."""
-    values: torch.Tensor
-    """[B] fp32 value of the last prompt token."""
+    values: torch.Tensor | None
+    """[B] fp32 value of the last prompt token (None when the policy has no value head)."""
     entropies: list[torch.Tensor] | None = None
     """Per continuation: fp32 entropy of the (tempered) next-token distribution at each token."""
+
+
+@dataclass
+class BackboneOutput:
+    """One teacher-forced pass over right-padded prompt + continuation sequences: what every head reads."""
+
+    hidden: torch.Tensor
+    """[B, L, H] final (normed) hidden states, model dtype."""
+    prompt_lens: list[int]
+    """Each row's prompt length; its continuation follows at positions ``prompt_len ...``."""
+    cont_lens: list[int]
+    """Each row's continuation length."""
+
+    def last_prompt_hidden(self) -> torch.Tensor:
+        """[B, H] hidden state of each row's last prompt token (what the value head reads)."""
+        rows = torch.arange(len(self.prompt_lens), device=self.hidden.device)
+        return self.hidden[rows, torch.as_tensor(self.prompt_lens, device=self.hidden.device) - 1]
+
+    def continuation_hidden(self) -> torch.Tensor:
+        """[sum(cont_lens), H] hidden states at the positions that predict each continuation token, rows in order."""
+        rows = torch.cat([torch.full((n,), i, dtype=torch.long) for i, n in enumerate(self.cont_lens)])
+        pos = torch.cat([torch.arange(p - 1, p - 1 + n) for p, n in zip(self.prompt_lens, self.cont_lens)])
+        return self.hidden[rows.to(self.hidden.device), pos.to(self.hidden.device)]
 
 
 class ValueHead(nn.Module):
@@ -84,7 +111,9 @@ class ValueHead(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.net(hidden.float()).squeeze(-1)
+        # The head runs in its own weights' dtype (bf16 under bf16-true) and hands back fp32 values.
+        weight = self.net[0].weight
+        return self.net(hidden.to(weight.dtype)).float().squeeze(-1)
 
 
 @dataclass
@@ -101,8 +130,9 @@ class PolicyConfig:
     freeze: list[Literal["language_model", "vision_tower", "projector"]] = field(default_factory=list)
     """With ``lora: null`` (full fine-tuning), parts that keep their loaded weights, e.g. ``[vision_tower]``.
     LLaVA reads an inner vision layer, so its last vision layers get no gradient: freeze the tower under DDP."""
-    value_head_widths: list[int] = field(default_factory=lambda: [1024, 512])
-    """Hidden widths of the value MLP on the last prompt token's hidden state."""
+    value_head_widths: list[int] | None = field(default_factory=lambda: [1024, 512])
+    """Hidden widths of the value MLP on the last prompt token's hidden state; null: no value head (critic-free
+    algorithms, SFT). ``[]`` is a linear head."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, slower)."""
     trust_remote_code: bool = False
@@ -125,6 +155,7 @@ class VLMPolicy(nn.Module):
         self.model: nn.Module | None = None
         self.value_head: ValueHead | None = None
         self.processor: Any = None
+        self.unused_modules: list[str] = []
 
     @property
     def lora(self) -> LoraSettings | None:
@@ -149,24 +180,30 @@ class VLMPolicy(nn.Module):
         hf = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
         self.processor = AutoProcessor.from_pretrained(path, trust_remote_code=cfg.trust_remote_code, **cfg.processor_kwargs)
         self.processor.tokenizer.padding_side = "left"
+        _clean_generation_config(hf)
+        # Layers whose output the model never reads (LLaVA takes an inner vision layer) get no adapters and
+        # no training: under DDP a parameter without a gradient is an error.
+        self.unused_modules = unused_vision_modules(hf)
         if cfg.gradient_checkpointing:
             hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             hf.config.use_cache = False
         if self.lora is not None:
             from peft import LoraConfig, get_peft_model
 
-            targets = lora_target_modules(hf, self.lora.targets)
+            targets = lora_target_modules(hf, self.lora.targets, exclude=self.unused_modules)
             config = LoraConfig(
                 r=self.lora.r, lora_alpha=self.lora.alpha, lora_dropout=self.lora.dropout, target_modules=targets
             )
             self.model = get_peft_model(hf, config)
         else:
             frozen = set(lora_target_modules(hf, cfg.freeze, linear_only=False)) if cfg.freeze else set()
+            unused = tuple(m + "." for m in self.unused_modules)
             for name, param in hf.named_parameters():
-                if name.rsplit(".", 1)[0] in frozen:
+                if name.rsplit(".", 1)[0] in frozen or name.startswith(unused):
                     param.requires_grad_(False)
             self.model = hf
-        self.value_head = ValueHead(_hidden_size(hf.config), cfg.value_head_widths)
+        if cfg.value_head_widths is not None:
+            self.value_head = ValueHead(_hidden_size(hf.config), cfg.value_head_widths)
         # from_pretrained returns eval mode; train mode lets dropout act where it is asked for
         # (rollouts and scoring switch it off explicitly).
         self.model.train()
@@ -188,7 +225,7 @@ class VLMPolicy(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return next(self.value_head.parameters()).device
+        return next(self.model.parameters()).device
 
     @contextmanager
     def reference(self) -> Iterator[None]:
@@ -240,6 +277,9 @@ class VLMPolicy(nn.Module):
             suppress_tokens=sorted(self.suppress_token_ids) or None,
             pad_token_id=self._pad_id,
             use_cache=True,
+            # Nothing the scoring pass does not reproduce (load() already cleared the checkpoint's settings).
+            repetition_penalty=1.0,
+            no_repeat_ngram_size=0,
             **sampling,
         )
         new_tokens = out[:, batch["input_ids"].shape[1] :].cpu()
@@ -254,7 +294,55 @@ class VLMPolicy(nn.Module):
         tok = self.tokenizer
         return tok.pad_token_id if tok.pad_token_id is not None else next(iter(self.eos_token_ids))
 
-    # ------------------------------------------------------------------ scoring
+    # ------------------------------------------------------------------ scoring: backbone + heads
+    def backbone(self, prompts: Sequence[PromptSample], continuations: Sequence[torch.Tensor]) -> BackboneOutput:
+        """The one expensive pass: right-padded prompt + continuation, final hidden states (no logits).
+
+        Right padding keeps every real token at the position it had in generation."""
+        if len(prompts) != len(continuations):
+            raise ValueError(f"score got {len(prompts)} prompts but {len(continuations)} continuations")
+        batch, prompt_lens = _collate_sequences(prompts, continuations, pad_id=self._pad_id)
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        out = self._backbone(self.hf_model)(**batch, use_cache=False)
+        return BackboneOutput(out.last_hidden_state, prompt_lens, [int(c.numel()) for c in continuations])
+
+    def continuation_logprobs(
+        self,
+        out: BackboneOutput,
+        continuations: Sequence[torch.Tensor],
+        *,
+        temperature: float = 1.0,
+        with_entropy: bool = False,
+        min_new_tokens: int = 0,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+        """fp32 log p(token) of each continuation token (and entropies) from the sampling distribution:
+        logits / temperature, image tokens never, EOS not before ``min_new_tokens``. Logits are computed only
+        at continuation positions (never over padding), which keeps memory to tokens x vocab."""
+        targets = torch.cat([c.long() for c in continuations]).to(out.hidden.device)
+        logits = self.hf_model.get_output_embeddings()(out.continuation_hidden()).float() / temperature
+        if self.suppress_token_ids:
+            logits[:, sorted(self.suppress_token_ids)] = float("-inf")
+        if min_new_tokens > 0:
+            offsets = torch.cat([torch.arange(n) for n in out.cont_lens]).to(logits.device)
+            early = (offsets < min_new_tokens)[:, None]
+            eos = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+            eos[sorted(self.eos_token_ids)] = True
+            logits = logits.masked_fill(early & eos, float("-inf"))
+        logp_all = torch.log_softmax(logits, dim=-1)
+        token_logprobs = logp_all.gather(-1, targets[:, None]).squeeze(-1)
+        entropies = None
+        if with_entropy:
+            probs = logp_all.exp()
+            ent = -(probs * logp_all.masked_fill(probs == 0, 0.0)).sum(-1)
+            entropies = list(ent.split(out.cont_lens))
+        return list(token_logprobs.split(out.cont_lens)), entropies
+
+    def values(self, out: BackboneOutput) -> torch.Tensor:
+        """[B] fp32 V(prompt) from the value head on each row's last prompt token."""
+        if self.value_head is None:
+            raise ConfigError("this algorithm needs a value head: set model.policy.value_head_widths (e.g. [1024, 512])")
+        return self.value_head(out.last_prompt_hidden())
+
     def score(
         self,
         prompts: Sequence[PromptSample],
@@ -262,44 +350,15 @@ class VLMPolicy(nn.Module):
         *,
         temperature: float = 1.0,
         with_entropy: bool = False,
+        min_new_tokens: int = 0,
     ) -> ScoreOutput:
-        """Teacher-forced fp32 log-probs of each continuation after its prompt, plus the prompt's value.
-
-        Right padding keeps every real token at the position it had in generation; logits are computed
-        only at continuation positions (never over padding), which keeps memory to tokens x vocab.
-        """
-        if len(prompts) != len(continuations):
-            raise ValueError(f"score got {len(prompts)} prompts but {len(continuations)} continuations")
-        batch, prompt_lens = _collate_sequences(prompts, continuations, pad_id=self._pad_id)
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-        hf = self.hf_model
-        backbone_out = self._backbone(hf)(**batch, use_cache=False)
-        hidden = backbone_out.last_hidden_state  # [B, L, H]
-        rows = torch.arange(len(prompts), device=hidden.device)
-        values = self.value_head(hidden[rows, torch.as_tensor(prompt_lens, device=hidden.device) - 1])
-
-        # Positions whose next-token distribution predicts a continuation token.
-        row_idx, pos_idx, targets, lengths = [], [], [], []
-        for i, (plen, cont) in enumerate(zip(prompt_lens, continuations)):
-            n = int(cont.numel())
-            row_idx.append(torch.full((n,), i, dtype=torch.long))
-            pos_idx.append(torch.arange(plen - 1, plen - 1 + n))
-            targets.append(cont.long())
-            lengths.append(n)
-        row_t = torch.cat(row_idx).to(hidden.device)
-        pos_t = torch.cat(pos_idx).to(hidden.device)
-        target_t = torch.cat(targets).to(hidden.device)
-        logits = hf.get_output_embeddings()(hidden[row_t, pos_t]).float() / temperature
-        if self.suppress_token_ids:
-            logits[:, sorted(self.suppress_token_ids)] = float("-inf")
-        logp_all = torch.log_softmax(logits, dim=-1)
-        token_logprobs = logp_all.gather(-1, target_t[:, None]).squeeze(-1)
-        entropies = None
-        if with_entropy:
-            probs = logp_all.exp()
-            ent = -(probs * logp_all.masked_fill(probs == 0, 0.0)).sum(-1)
-            entropies = list(ent.split(lengths))
-        return ScoreOutput(list(token_logprobs.split(lengths)), values, entropies)
+        """Backbone + token log-prob head + value head (when there is one), in one call."""
+        out = self.backbone(prompts, continuations)
+        logprobs, entropies = self.continuation_logprobs(
+            out, continuations, temperature=temperature, with_entropy=with_entropy, min_new_tokens=min_new_tokens
+        )
+        values = self.values(out) if self.value_head is not None else None
+        return ScoreOutput(logprobs, values, entropies)
 
     @staticmethod
     def _backbone(hf: nn.Module) -> nn.Module:
@@ -334,18 +393,60 @@ def _check_model_source(name: str) -> None:
     raise ConfigError(f"model path {name!r} does not exist (expected a checkpoint folder, a hub id or tiny:<arch>)")
 
 
-def lora_target_modules(hf: nn.Module, groups: Sequence[str], linear_only: bool = True) -> list[str]:
+def _clean_generation_config(hf: nn.Module) -> None:
+    """Keep only the special-token ids of the checkpoint's generation_config: its sampling settings
+    (repetition penalty, top-k/top-p, no-repeat n-grams, min length, ...) would make the sampled
+    distribution differ from the scored one, and PPO's ratio would no longer start at 1."""
+    from transformers import GenerationConfig
+
+    old = hf.generation_config
+    keep = {k: getattr(old, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")}
+    hf.generation_config = GenerationConfig(**{k: v for k, v in keep.items() if v is not None})
+
+
+def unused_vision_modules(hf: nn.Module) -> list[str]:
+    """Vision-tower modules whose output the model never reads, from its ``vision_feature_layer``.
+
+    LLaVA and LLaVA-NeXT read hidden state -2 of the CLIP tower: its last encoder layer and post-norm get no
+    gradient. A model that reads the last layer (Idefics3) gives ``[]``."""
+    config = getattr(hf, "config", None)
+    feature_layer = getattr(config, "vision_feature_layer", None)
+    if feature_layer is None:
+        return []
+    layers_used = max(feature_layer) if isinstance(feature_layer, (list, tuple)) else int(feature_layer)
+    names = []
+    for prefix, tower in hf.named_modules():
+        layers = getattr(getattr(tower, "encoder", None), "layers", None)
+        if not (prefix + ".").startswith(_MODULE_GROUPS["vision_tower"]) or layers is None or not isinstance(layers, nn.ModuleList):
+            continue
+        # hidden_states[k] is the output of layer k-1 (hidden_states[0] = embeddings).
+        n = len(layers)
+        first_unused = (layers_used if layers_used >= 0 else n + 1 + layers_used)
+        names += [f"{prefix}.encoder.layers.{i}" for i in range(first_unused, n)]
+        for norm in ("post_layernorm",):
+            if hasattr(tower, norm) and first_unused < n + 1:
+                names.append(f"{prefix}.{norm}")
+        break
+    return names
+
+
+def lora_target_modules(
+    hf: nn.Module, groups: Sequence[str], linear_only: bool = True, exclude: Sequence[str] = ()
+) -> list[str]:
     """Full names of every ``nn.Linear`` (or, with ``linear_only=False``, every module) inside the chosen
-    model parts; never the LM head."""
+    model parts; never the LM head, never inside the ``exclude`` modules (layers the model does not read)."""
     unknown = set(groups) - set(_MODULE_GROUPS)
     if unknown:
         raise ConfigError(f"unknown LoRA target group(s) {sorted(unknown)}; choose from {sorted(_MODULE_GROUPS)}")
     projector_prefixes = _MODULE_GROUPS["projector"]
     names = []
+    excluded = tuple(e + "." for e in exclude)
     for name, module in hf.named_modules():
         if linear_only and not isinstance(module, nn.Linear):
             continue
         key = name + "."
+        if key.startswith(excluded):
+            continue
         in_projector = key.startswith(projector_prefixes)
         for group in groups:
             prefixes = _MODULE_GROUPS[group]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
-import torch.distributed as dist
 
 __all__ = ["gae", "normalize_advantages"]
 
@@ -41,18 +42,18 @@ def gae(
     return advantages, advantages + values
 
 
-def normalize_advantages(advantages: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Zero mean, unit std over the whole rollout; under torch.distributed over every rank's rollout.
+def normalize_advantages(
+    advantages: torch.Tensor, eps: float = 1e-8, sum_across_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> torch.Tensor:
+    """Zero mean, unit std (Bessel-corrected) over the whole rollout, of every rank when ``sum_across_ranks``
+    adds a tensor up over ranks (the caller's collective, on the device its backend needs).
 
-    Each rank contributes its sum, sum of squares and count, so the statistics are those of the
-    concatenated buffers, not a mean of per-rank means.
-    """
-    adv = advantages.float()
-    stats = torch.stack([adv.sum(), (adv * adv).sum(), torch.tensor(float(adv.numel()), device=adv.device)])
-    if dist.is_available() and dist.is_initialized():
-        stats = stats.double()
-        dist.all_reduce(stats)
-    total, total_sq, count = (float(x) for x in stats)
+    Two passes in fp64 (mean first, then the squared deviations from it), so advantages whose |mean| is much
+    larger than their std keep their precision; the statistics are those of the concatenated buffers."""
+    reduce = sum_across_ranks or (lambda t: t)
+    adv = advantages.double()
+    total, count = reduce(torch.stack([adv.sum(), adv.new_tensor(float(adv.numel()))])).tolist()
     mean = total / count
-    var = max(total_sq / count - mean * mean, 0.0) * count / max(count - 1.0, 1.0)
-    return (adv - mean) / (var**0.5 + eps)
+    squares = float(reduce(((adv - mean) ** 2).sum().reshape(1))[0])
+    var = squares / max(count - 1.0, 1.0)
+    return ((adv - mean) / (var**0.5 + eps)).float()
