@@ -24,7 +24,7 @@ def token_weights(prefix_lengths: Sequence[int], boundary: int | None, cot_weigh
     """Per-token weight: ``cot_weight`` for chain-of-thought tokens, 1 for action tokens.
 
     ``prefix_lengths[k]`` is the length in characters of the decoded text of tokens ``0..k``. A token is an
-    action token if any of its characters lies at or after the boundary. With no ``action`` field the whole
+    action token if any of its characters lies at or after the boundary. With no boundary (None) the whole
     response is chain-of-thought (the env action was then a random fallback, not something the text chose).
     """
     ends = torch.as_tensor(list(prefix_lengths), dtype=torch.long)
@@ -52,6 +52,7 @@ class TextActionSpace(ActionSpace):
         with_image: bool = True,
         min_new_tokens: int = 0,
         parse_failure: Literal["random_action", "mask_from_loss"] = "random_action",
+        action_parsing: Literal["rl4vlm", "strict"] = "rl4vlm",
     ) -> None:
         """
         Args:
@@ -64,11 +65,17 @@ class TextActionSpace(ActionSpace):
             min_new_tokens: Generate at least this many tokens (EOS is blocked until then, in sampling and in
                 scoring alike). Benchmarks use it to fix the generation length; 0 lets the model stop when it likes.
             parse_failure: What text with no legal action teaches. Either way the env gets a random legal
-                action. ``random_action`` (RL4VLM): the text is trained on with that action's reward, its whole
-                log-prob weighted as chain-of-thought. ``mask_from_loss``: the step is left out of the policy
-                loss (its value target still trains the value head).
+                action. ``random_action`` (RL4VLM): the text is trained on with that action's reward (tokens
+                before the boundary weighted as chain-of-thought). ``mask_from_loss``: the step is left out of
+                the policy loss (its value target still trains the value head).
+            action_parsing: How the action is read from the text. ``rl4vlm``: as RL4VLM's ``text_projection``
+                (lower-cased text from the first ``"action":`` on, or its last character without one; exactly
+                one legal action found in it). ``strict``: the ``action`` field's value must equal one legal
+                action (case and quotes aside).
         """
         super().__init__()
+        if action_parsing not in ("rl4vlm", "strict"):
+            raise ConfigError(f"action_parsing must be 'rl4vlm' or 'strict' (got {action_parsing!r})")
         if parse_failure not in ("random_action", "mask_from_loss"):
             raise ConfigError(f"parse_failure must be 'random_action' or 'mask_from_loss' (got {parse_failure!r})")
         if temperature <= 0:
@@ -80,6 +87,7 @@ class TextActionSpace(ActionSpace):
         self.with_image = with_image
         self.min_new_tokens = min_new_tokens
         self.parse_failure = parse_failure
+        self.action_parsing = action_parsing
 
     @torch.no_grad()
     def act(
@@ -112,12 +120,13 @@ class TextActionSpace(ActionSpace):
             text = prefixes[-1] if prefixes else ""
             decisions_input.append((text, [len(p) for p in prefixes]))
         weights = [
-            token_weights(lengths, action_boundary(text), self.cot_weight) for text, lengths in decisions_input
+            token_weights(lengths, action_boundary(text, rule=self.action_parsing), self.cot_weight)
+            for text, lengths in decisions_input
         ]
         samples = [{"prompt": p, "response": r, "weights": w} for p, r, w in zip(prompts, responses, weights)]
         decisions = []
         for i, (text, _) in enumerate(decisions_input):
-            action = parse_action(text, legal_actions[i])
+            action = parse_action(text, legal_actions[i], rule=self.action_parsing)
             failed = action is None
             samples[i]["trainable"] = not (failed and self.parse_failure == "mask_from_loss")
             if failed:

@@ -35,11 +35,14 @@ def hand_total(cards: list[Card]) -> int:
 
 @register_env("blackjack")
 class BlackjackEnv(TextVisualEnv):
-    """Infinite deck (ranks drawn uniformly with replacement: A = 1 or 11, 2..10, J/Q/K = 10). The dealer and
-    then the player get two cards; the dealer shows the first. "hit": draw a card, -1 and terminate on going
+    """RL4VLM's ``gym-cards/gym_cards/envs/blackjack.py`` (gymnasium's Blackjack-v1 rules, natural=False,
+    sab=False). Infinite deck: a card's value is drawn uniformly from 1 (ace: 1 or 11), 2..9, 10, 10, 10, 10, and
+    a 10 is shown as J, Q or K with equal odds (so a dealt card is never a "10"). The dealer and then the
+    player get two cards; the dealer shows the first. "hit": draw a card, -1 and terminate on going
     over 21. "stand": the dealer draws while below 17 (a usable ace counts 11, so the dealer stands on soft 17),
     then +1 if the player's total beats the dealer's (or the dealer went over 21), 0 on a tie, -1 otherwise;
-    terminates. No bonus for a natural. ``success``: the hand was won.
+    terminates. No bonus for a natural. ``success``: the hand was won, which is RL4VLM's "episode return above
+    0" (``VLM_PPO/main.py``), the only non-zero reward being the last.
 
     An action string other than "stand"/"hit" forfeits the hand: -1, terminated, a loss (so an unparsable action
     is never better than playing, and the episode cannot stall).
@@ -69,7 +72,9 @@ class BlackjackEnv(TextVisualEnv):
     def _draw_rank(self) -> int:
         if self._deck:
             return self._deck.pop(0)
-        return int(self.np_random.integers(0, 13)) + 1
+        # RL4VLM's draw_card_with_info: a value from [1..9, 10, 10, 10, 10], and a 10 is shown as J, Q or K.
+        rank = int(self.np_random.integers(1, 14))
+        return 11 + int(self.np_random.integers(0, 3)) if rank >= 10 else rank
 
     def _deal_to(self, hand: list[Card], suit_offset: int) -> None:
         hand.append(Card(self._draw_rank(), SUITS[(len(hand) + suit_offset) % 4]))

@@ -10,6 +10,7 @@ from PIL import Image, ImageDraw
 
 from selu_lightning.envs.base import TextVisualEnv, register_env
 from selu_lightning.envs.cards.render import BLACK, CANVAS, WHITE, font, to_array
+from selu_lightning.errors import ConfigError
 
 __all__ = ["NumberLineEnv"]
 
@@ -26,14 +27,20 @@ def _frame(target: int, position: int) -> Image.Image:
 
 @register_env("numberline")
 class NumberLineEnv(TextVisualEnv):
-    """Positions 0..5; start and target drawn uniformly and distinct; actions "+" (right) and "-" (left).
+    """Positions 0..5; actions "+" (right) and "-" (left); RL4VLM's ``gym-cards/gym_cards/envs/numberline.py``.
+
+    Start (``start="rl4vlm"``, RL4VLM's ``reset``): position and target each uniform on 0..5; if they are
+    equal, the target becomes ``(target + 1) % 5`` (sic, not % 6). So start 0..3 gets the next number as its
+    target with probability 2/6 (each other target 1/6), start 4 gets 0 and start 5 gets 1 that often; the
+    target is never equal to the start. ``start="uniform"``: the target uniform over the five other positions.
 
     Reward +1 on reaching the target (terminates), -1 for a move that does not reduce the distance (including
-    bumping into 0 or 5), 0 otherwise. Truncated after 10 steps. ``success``: target reached with a positive
-    return, i.e. without a wasted move.
+    bumping into 0 or 5), 0 otherwise. Truncated after 10 steps. ``success`` is RL4VLM's (``VLM_PPO/main.py``):
+    the episode's return is above 0, i.e. the target was reached without a wasted move.
 
-    An action string that is not exactly "+" or "-" is an illegal move: -1, the position does not change, and it
-    counts as a step. ``reset(options={"state": {"position": p, "target": g}})`` starts from a given state.
+    An action string that is not exactly "+" or "-" moves nothing: -1, and it counts as a step (as an action
+    other than left/right does in RL4VLM's env; its parser never sends one).
+    ``reset(options={"state": {"position": p, "target": g}})`` starts from a given state.
 
     obs text: ``"Target: 3\\nCurrent: 1"``.
     """
@@ -47,9 +54,20 @@ class NumberLineEnv(TextVisualEnv):
     ACTIONS = ("+", "-")
     MAX_POSITION = 5
     MAX_STEPS = 10
+    STARTS = ("rl4vlm", "uniform")
 
-    def __init__(self, text_state: bool = True, image_size: int = 300) -> None:
+    def __init__(self, text_state: bool = True, image_size: int = 300, start: str = "rl4vlm") -> None:
+        """
+        Args:
+            text_state: Also give the state as text in ``obs["text"]``.
+            image_size: Side of the square frame in pixels.
+            start: How a reset draws position and target: "rl4vlm" (RL4VLM's rule, see the class docstring) or
+                "uniform" (every ordered pair of distinct positions equally likely).
+        """
+        if start not in self.STARTS:
+            raise ConfigError(f"NumberLineEnv: start must be one of {self.STARTS} (got {start!r})")
         super().__init__(text_state=text_state, image_size=image_size)
+        self.start = start
         self.render_mode = "rgb_array"
         self._over = True
 
@@ -58,10 +76,14 @@ class NumberLineEnv(TextVisualEnv):
         state = (options or {}).get("state")
         if state is None:
             self.position = int(self.np_random.integers(0, self.MAX_POSITION + 1))
-            # Target uniform over the other five positions: draw among them, skipping the start.
-            self.target = int(self.np_random.integers(0, self.MAX_POSITION))
-            if self.target >= self.position:
-                self.target += 1
+            if self.start == "rl4vlm":
+                self.target = int(self.np_random.integers(0, self.MAX_POSITION + 1))
+                if self.target == self.position:
+                    self.target = (self.target + 1) % self.MAX_POSITION  # sic: % 5, not % 6
+            else:  # uniform over the other five positions: draw among them, skipping the start
+                self.target = int(self.np_random.integers(0, self.MAX_POSITION))
+                if self.target >= self.position:
+                    self.target += 1
         else:
             self.position, self.target = int(state["position"]), int(state["target"])
             if not (0 <= self.position <= self.MAX_POSITION and 0 <= self.target <= self.MAX_POSITION):
@@ -103,5 +125,5 @@ class NumberLineEnv(TextVisualEnv):
         return {
             "legal_actions": list(self.ACTIONS),
             "goal": f"Move the current number to the target number {self.target}.",
-            "success": self.position == self.target and self.episode_return > 0,
+            "success": self.episode_return > 0,
         }

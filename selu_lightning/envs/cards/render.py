@@ -158,7 +158,8 @@ def paste_row(
 
 
 def wrap_words(text: str, size: int, max_width: int) -> list[str]:
-    """Greedy word wrap of ``text`` so that each line is at most ``max_width`` pixels in ``font(size)``."""
+    """Greedy word wrap of ``text`` so that each line is at most ``max_width`` pixels in ``font(size)``; a word
+    wider than a line (a formula written without spaces) is broken between characters."""
     f = font(size)
     lines: list[str] = []
     line = ""
@@ -169,6 +170,12 @@ def wrap_words(text: str, size: int, max_width: int) -> list[str]:
             line = word
         else:
             line = candidate
+        while len(line) > 1 and f.getlength(line) > max_width:
+            cut = len(line) - 1
+            while cut > 1 and f.getlength(line[:cut]) > max_width:
+                cut -= 1
+            lines.append(line[:cut])
+            line = line[cut:]
     lines.append(line)
     return lines
 
