@@ -92,3 +92,70 @@ def test_k3_kl_by_hand():
     # d = ref - logp = [log .5, 0] -> exp(d)-d-1 = [0.5 - log .5 - 1, 0]
     assert k3_kl(logp, ref).item() == pytest.approx((0.5 - math.log(0.5) - 1) / 2)
     assert k3_kl(logp, logp).item() == 0.0
+
+
+def test_log_ratio_is_clamped_before_exp():
+    """A 256-token sequence's log-ratio can be hundreds: exp would overflow to inf and the gradient to NaN."""
+    from selu_lightning.rl.losses import MAX_LOG_RATIO
+
+    logp = torch.tensor([300.0, -300.0, 0.1], requires_grad=True)
+    loss, stats = ppo_policy_loss(logp, torch.zeros(3), torch.tensor([1.0, -1.0, 1.0]), clip=0.2)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logp.grad).all()
+    assert float(stats["ratio_max_abs_log"]) == MAX_LOG_RATIO
+    # clamped samples sit far outside the clip range: only the in-range sample has a gradient
+    assert logp.grad[:2].tolist() == [0.0, 0.0] and logp.grad[2] != 0
+
+
+def test_policy_loss_mask_leaves_samples_out():
+    logp = torch.tensor([0.1, 0.3], requires_grad=True)
+    old, adv = torch.zeros(2), torch.tensor([1.0, 5.0])
+    masked, stats = ppo_policy_loss(logp, old, adv, clip=0.2, mask=torch.tensor([1.0, 0.0]))
+    alone, _ = ppo_policy_loss(logp[:1], old[:1], adv[:1], clip=0.2)
+    assert float(masked) == pytest.approx(float(alone))
+    masked.backward()
+    assert logp.grad[1] == 0
+    none, _ = ppo_policy_loss(logp.detach(), old, adv, clip=0.2, mask=torch.zeros(2))
+    assert float(none) == 0.0  # everything left out: no signal, and no NaN
+
+
+def test_policy_loss_refuses_mismatched_shapes():
+    with pytest.raises(ValueError, match="one shape"):
+        ppo_policy_loss(torch.zeros(4), torch.zeros(4, 1), torch.zeros(4), clip=0.2)
+
+
+def test_k3_per_token_by_hand():
+    # d = ref - pi per token: [0, ln 2]: (1 - 0 - 1) + (2 - ln2 - 1) over 2 tokens
+    pi = torch.tensor([-1.0, -2.0])
+    ref = torch.tensor([-1.0, -2.0 + math.log(2.0)])
+    assert float(k3_kl(pi, ref)) == pytest.approx((1.0 - math.log(2.0)) / 2)
+    # a whole 256-token sequence's summed log-ratio would overflow exp; clamped per token it stays finite
+    assert torch.isfinite(k3_kl(torch.tensor([-500.0]), torch.tensor([0.0])))
+
+
+def test_normalize_advantages_precise_when_mean_dwarfs_std():
+    """One-pass E[x^2] - E[x]^2 in fp32 loses everything when |mean| >> std; two passes in fp64 do not."""
+    gen = torch.Generator().manual_seed(0)
+    adv = (1e3 + 1e-2 * torch.randn(1000, generator=gen)).float()
+    out = normalize_advantages(adv)
+    exact = adv.double()
+    expected = (exact - exact.mean()) / exact.std()
+    torch.testing.assert_close(out.double(), expected, rtol=0, atol=1e-4)
+    one_pass_var = (adv * adv).mean() - adv.mean() ** 2  # what a single fp32 pass would have used
+    assert abs(float(one_pass_var) - float(exact.var())) > 10 * float(exact.var())
+    assert out.dtype == torch.float32
+
+
+def test_normalize_advantages_statistics_span_ranks():
+    """Two ranks' buffers, summed through the given collective, normalise as their concatenation would."""
+    a, b = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([10.0, 20.0])
+    both = torch.cat([a, b])
+    expected = (both - both.mean()) / both.std()
+    # The collective's test double adds rank 1's partial sums of each pass: [sum, count], then squared deviations.
+    stats_b = torch.stack([b.double().sum(), torch.tensor(2.0, dtype=torch.float64)])
+    stats_a = torch.stack([a.double().sum(), torch.tensor(3.0, dtype=torch.float64)])
+    mean = float((stats_a + stats_b)[0] / (stats_a + stats_b)[1])
+    sq_b = ((b.double() - mean) ** 2).sum().reshape(1)
+    calls = iter([stats_b, sq_b])
+    out_a = normalize_advantages(a, sum_across_ranks=lambda t: t + next(calls))
+    torch.testing.assert_close(out_a, expected[:3], rtol=1e-6, atol=1e-6)
