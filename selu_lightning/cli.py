@@ -78,12 +78,27 @@ def main(args: list[str] | None = None) -> None:
 
     try:
         SeluCLI(args=args)
-    except (ConfigError, ArgumentError) as err:
-        print(f"selu: error: {_one_line(err)}", file=sys.stderr)
+    except (ConfigError, ArgumentError, ValueError) as err:
+        cause = _config_error_in(err)
+        if cause is None and not isinstance(err, ArgumentError):
+            raise
+        print(f"selu: error: {_one_line(cause or err)}", file=sys.stderr)
         raise SystemExit(2) from None
     except NonFiniteLossError as err:
         print(f"selu: stopped: {_one_line(err)}", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+def _config_error_in(err: BaseException) -> ConfigError | None:
+    """The ConfigError behind an error, if any: in subclass mode jsonargparse wraps a class's own
+    validation error in its "does not validate against any of the Union subtypes" message."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, ConfigError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def _one_line(err: BaseException) -> str:

@@ -7,6 +7,7 @@ Controller launches it as a ``local_executable_path`` build, exactly as it launc
 from __future__ import annotations
 
 import os
+import pickle
 import sys
 import threading
 import time
@@ -18,9 +19,11 @@ pytest.importorskip("ai2thor.controller", reason="ai2thor is an optional extra: 
 
 import ai2thor.build  # noqa: E402
 import ai2thor.platform  # noqa: E402
+import numpy as np  # noqa: E402
 
 from selu_lightning.envs import env_class, make_env  # noqa: E402
 from selu_lightning.envs.ai2thor import HOW_TO_GET_A_BUILD, AI2ThorEnv  # noqa: E402
+from selu_lightning.envs.pool import EnvPool  # noqa: E402
 from selu_lightning.errors import ConfigError  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -148,6 +151,50 @@ def test_tasks_knob_and_frame_resize(tmp_path):
         env.close()
     with pytest.raises(ConfigError, match="tasks must be"):
         AI2ThorEnv(tasks=["break"])
+
+
+def state_seen(state) -> tuple:
+    return state.text, state.goal, state.legal_actions, state.image.tobytes()
+
+
+@pytest.mark.parametrize("workers", ["inprocess", "subprocess"])
+def test_checkpoint_replays_the_episode_on_a_fresh_controller(tmp_path, workers):
+    kwargs = dict(local_executable_path=stub_thor_player.launcher(str(tmp_path)), x_display=":0", image_size=64,
+                  scenes=["FloorPlan1", "FloorPlan2"], start_timeout=30.0, max_steps=4)  # fmt: skip
+    rng = np.random.default_rng(0)
+
+    def actions(pool):  # legal actions mostly, and some THOR refuses or never sees
+        return [str(rng.choice(s.legal_actions + ["fly to the moon", "pick up Fridge"])) for s in pool.states]
+
+    pool = EnvPool("ai2thor", 2, seed=4, env_kwargs=kwargs, workers=workers)
+    restored = None
+    try:
+        pool.reset()
+        for _ in range(6):  # past the end of the first episodes (max_steps 4): the RNG carries on into the next
+            pool.step(actions(pool))
+        snap = pool.snapshot()
+        assert [len(e["episode"].actions) for e in snap["envs"]] == [2, 2]
+        blob = pickle.dumps(snap)  # a live controller cannot be pickled: the episode record can
+        # A GPU renderer may not redraw a frame bit for bit: the frame the policy acts on next is kept.
+        assert len(blob) / 2 < 64 * 64 * 3 + 2_000
+        restored = EnvPool.restore(pickle.loads(blob))
+        assert [state_seen(s) for s in restored.states] == [state_seen(s) for s in pool.states]
+        for _ in range(6):
+            step = actions(pool)
+            a, b = pool.step(step), restored.step(step)
+            assert [(o.reward, o.terminated, o.truncated, o.info) for o in a] == [
+                (o.reward, o.terminated, o.truncated, o.info) for o in b]  # fmt: skip
+            assert [state_seen(s) for s in restored.states] == [state_seen(s) for s in pool.states]
+    finally:
+        pool.close()
+        if restored is not None:
+            restored.close()
+
+
+def test_env_itself_does_not_pickle(env):
+    env.reset(seed=0)
+    with pytest.raises(TypeError, match="live AI2-THOR controller.*replaying"):
+        pickle.dumps(env)
 
 
 def test_registry_builds_the_env(tmp_path):

@@ -90,6 +90,6 @@ def test_epoch_completes_when_a_worker_is_killed_mid_rollout(tmp_path):
 
     module.decide = decide_and_kill
     cpu_trainer(tmp_path).fit(module, data)
-    assert data.last_rollout_stats["env_restarts"] == 1
+    assert data.last_rollout.env_restarts == 1
     assert data.last_rollout.num_steps == 8
     assert module.trainer.logged_metrics["rollout/env_restarts"] == 1

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BASE = [
     sys.executable, "-m", "selu_lightning", "fit", "-c", "configs/quickstart.yaml", "--trainer.max_epochs=4",
     "--trainer.deterministic=true", "--trainer.enable_progress_bar=false", "--trainer.check_val_every_n_epoch=100",
-    "--data.num_envs=4", "--data.steps_per_epoch=32", "--data.minibatch_size=8", "--data.ppo_epochs=2",
+    "--data.num_envs=4", "--data.steps_per_epoch=32", "--model.minibatch_size=8", "--model.ppo_epochs=2",
 ]  # fmt: skip
 
 

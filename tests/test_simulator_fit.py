@@ -17,7 +17,7 @@ def test_one_epoch_on_each_simulator(env, tmp_path, monkeypatch):
     args = [
         "fit", "-c", str(__import__("pathlib").Path(__file__).resolve().parents[1] / "configs/quickstart.yaml"),
         f"--data.env={env}", "--trainer.max_epochs=1", "--data.num_envs=2", "--data.steps_per_epoch=4",
-        "--data.minibatch_size=4", "--data.ppo_epochs=1", "--data.val_episodes=2",
+        "--model.minibatch_size=4", "--model.ppo_epochs=1", "--data.val_episodes=2",
         "--trainer.check_val_every_n_epoch=1", "--trainer.enable_progress_bar=false",
         "--model.action_space.template={goal}\n{state}\nLegal actions: {actions}\nAnswer:",
     ]  # fmt: skip

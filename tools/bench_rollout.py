@@ -6,6 +6,8 @@ batched generate per step, one right-padded scoring forward over the real tokens
 
     python tools/bench_rollout.py                       # CPU, tiny LLaVA-NeXT, N in {1, 8, 32}
     python tools/bench_rollout.py --device cuda --dtype bfloat16 --model /path/to/llava-v1.6-mistral-7b-hf
+    python tools/bench_rollout.py --device cuda --dtype bfloat16 --model full:llava_next_mistral_7b \
+        --n 32 --steps 64 --ref-steps 2 --new-tokens 256 --lora-r 128   # random 7B weights, no download
 
 Prints a table, then one JSON line (``speedup_vs_reference`` per N).
 """
@@ -26,7 +28,7 @@ from selu_lightning.data.rollout import collect_rollout
 from selu_lightning.envs.pool import EnvPool
 from selu_lightning.modules.actor_ppo import ActorPPO, eval_mode
 
-from bench_common import build_text_module
+from bench_common import FULL_PREFIX, build_text_module, cuda_peak_gib, gpu_ceilings
 
 
 def ours(module: ActorPPO, env: str, n: int, steps: int) -> dict[str, float]:
@@ -53,7 +55,7 @@ def reference(module: ActorPPO, env: str, steps: int, new_tokens: int, pad_to: i
 
     def step() -> int:
         nonlocal state
-        prompt = module._prompts([state], pool.task_description)[0]
+        prompt = _prompt(module, state, pool.task_description)
         with eval_mode(module):
             response = policy.generate([prompt], max_new_tokens=new_tokens, temperature=1.0, greedy=False,
                                        min_new_tokens=new_tokens)[0]  # fmt: skip
@@ -81,6 +83,13 @@ def reference(module: ActorPPO, env: str, steps: int, new_tokens: int, pad_to: i
     return {"env_steps_per_s": steps / seconds, "gen_tokens_per_s": tokens / seconds}
 
 
+def _prompt(module: ActorPPO, state, task: str) -> dict:
+    """One state's prompt tensors, as the module encodes them for ``decide``."""
+    if hasattr(module, "_prompts"):  # before prompts were encoded by the action space
+        return module._prompts([state], task)[0]
+    return module.action_space.encode(module.policy, [state], task)[0]
+
+
 def decode_fraction(module: ActorPPO, gen_tokens_per_s: float, n: int, hbm_gbps: float) -> float:
     """Decode throughput over the memory-bandwidth bound (every weight read once per decoding step)."""
     weight_bytes = sum(p.numel() * p.element_size() for p in module.policy.model.parameters())
@@ -95,7 +104,8 @@ def _sync(module: ActorPPO) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="tiny:llava_next")
+    parser.add_argument("--model", default="tiny:llava_next",
+                        help=f"checkpoint folder, hub id, tiny:<arch>, or {FULL_PREFIX}<name> (see bench_common.py)")
     parser.add_argument("--env", default="numberline")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -105,9 +115,16 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32, help="fixed generation length")
     parser.add_argument("--pad-to", type=int, default=512, help="the reference's padded output length")
     parser.add_argument("--lora-r", type=int, default=8)
-    parser.add_argument("--hbm-gbps", type=float, default=3350.0, help="GPU memory bandwidth (H100 SXM: 3350)")
+    parser.add_argument("--hbm-gbps", type=float, default=None,
+                        help="GPU memory bandwidth, GB/s (default: by GPU name: H200 4800, H100 SXM 3350)")
+    parser.add_argument("--measured-hbm-gbps", type=float, default=None,
+                        help="measured copy bandwidth, GB/s, for a second fraction (default: H200 4300, else none)")
     args = parser.parse_args()
     torch.manual_seed(0)
+    if args.device.startswith("cuda"):
+        spec_gbps, measured_gbps, _, _ = gpu_ceilings(args.device)
+        args.hbm_gbps = args.hbm_gbps or spec_gbps
+        args.measured_hbm_gbps = args.measured_hbm_gbps or measured_gbps
     module = build_text_module(args)
 
     ref = reference(module, args.env, args.ref_steps, args.new_tokens, args.pad_to)
@@ -128,6 +145,20 @@ def main() -> None:
         result["decode_fraction_of_bandwidth_bound"] = {
             str(n): decode_fraction(module, r["gen_tokens_per_s"], n, args.hbm_gbps) for n, r in rows.items()
         }
+        result["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
+        result["hbm_gbps"] = args.hbm_gbps
+        if args.measured_hbm_gbps:
+            result["measured_hbm_gbps"] = args.measured_hbm_gbps
+            result["decode_fraction_of_measured_bandwidth"] = {
+                str(n): decode_fraction(module, r["gen_tokens_per_s"], n, args.measured_hbm_gbps) for n, r in rows.items()
+            }
+        result["peak_gib"] = cuda_peak_gib(args.device)
+        result["parameters"] = sum(p.numel() for p in module.parameters())
+        for n, frac in result["decode_fraction_of_bandwidth_bound"].items():
+            print(f"decode N={n}: {frac:.3f} of the {args.hbm_gbps:.0f} GB/s weight-read bound"
+                  + (f", {result['decode_fraction_of_measured_bandwidth'][n]:.3f} of measured {args.measured_hbm_gbps:.0f}"
+                     if args.measured_hbm_gbps else ""))  # fmt: skip
+        print(f"peak memory {result['peak_gib']:.1f} GiB")
     print(json.dumps(result))
 
 

@@ -10,6 +10,8 @@ Tokens/s counts real tokens (prompt + response) in every case.
 
     python tools/bench_update.py                                  # CPU, tiny LLaVA-NeXT
     python tools/bench_update.py --device cuda --dtype bfloat16 --model /path/to/llava-v1.6-mistral-7b-hf
+    python tools/bench_update.py --device cuda --dtype bfloat16 --model full:llava_next_mistral_7b \
+        --buffer 32 --minibatch 8 --new-tokens 256 --lora-r 128 --gradient-checkpointing   # random 7B, no download
 
 Prints a table, then one JSON line (``speedup_vs_batch1``).
 """
@@ -26,10 +28,15 @@ from datetime import date
 import numpy as np
 import torch
 
-from selu_lightning.data.rollout import PPOEpochSampler, collate_transitions, collect_rollout, sample_tokens
+from selu_lightning.data.rollout import collect_rollout
+
+try:
+    from selu_lightning.rl.minibatches import PPOEpochSampler, collate_transitions, sample_tokens
+except ImportError:  # before these moved out of data.rollout
+    from selu_lightning.data.rollout import PPOEpochSampler, collate_transitions, sample_tokens
 from selu_lightning.envs.pool import EnvPool
 from selu_lightning.rl.advantages import gae, normalize_advantages
-from bench_common import build_text_module
+from bench_common import FULL_PREFIX, build_text_module, gpu_ceilings
 
 
 def make_buffer(module, env: str, n: int, steps: int) -> list[dict]:
@@ -90,7 +97,8 @@ def run_update(module, items: list[dict], micro: int, accumulate: int, group: in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="tiny:llava_next")
+    parser.add_argument("--model", default="tiny:llava_next",
+                        help=f"checkpoint folder, hub id, tiny:<arch>, or {FULL_PREFIX}<name> (see bench_common.py)")
     parser.add_argument("--env", default="ezpoints")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -100,9 +108,16 @@ def main() -> None:
     parser.add_argument("--lora-r", type=int, default=8)
     parser.add_argument("--pad-to", type=int, default=512, help="RL4VLM's padded response length")
     parser.add_argument("--gradient-checkpointing", action="store_true")
-    parser.add_argument("--peak-tflops", type=float, default=989.0, help="GPU peak bf16 dense TFLOP/s (H100 SXM)")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="GPU peak bf16 dense TFLOP/s (default: by GPU name; H100/H200 SXM 989)")
+    parser.add_argument("--measured-tflops", type=float, default=None,
+                        help="measured bf16 matmul TFLOP/s, for a second fraction (default: H200 790, else none)")
     args = parser.parse_args()
     torch.manual_seed(0)
+    if args.device.startswith("cuda"):
+        _, _, spec_tflops, measured_tflops = gpu_ceilings(args.device)
+        args.peak_tflops = args.peak_tflops or spec_tflops
+        args.measured_tflops = args.measured_tflops or measured_tflops
     module = build_text_module(args)
     items = make_buffer(module, args.env, min(args.buffer, 32), args.buffer)
     module.train()
@@ -131,6 +146,17 @@ def main() -> None:
         # forward 2PT + backward through activations 2PT (+ 2PT for weight grads of trained params)
         flops_per_token = 4 * total + 2 * trainable
         result["update_fraction_of_peak_flops"] = ours["tokens_per_s"] * flops_per_token / (args.peak_tflops * 1e12)
+        result.update(gpu=torch.cuda.get_device_name(torch.device(args.device)), peak_tflops=args.peak_tflops,
+                      parameters=total, trainable_parameters=trainable, flops_per_token=flops_per_token,
+                      gradient_checkpointing=args.gradient_checkpointing, new_tokens=args.new_tokens)  # fmt: skip
+        line = f"update: {result['update_fraction_of_peak_flops']:.3f} of {args.peak_tflops:.0f} TFLOP/s peak bf16"
+        if args.measured_tflops:
+            result["measured_tflops"] = args.measured_tflops
+            result["update_fraction_of_measured_flops"] = (
+                ours["tokens_per_s"] * flops_per_token / (args.measured_tflops * 1e12)
+            )
+            line += f", {result['update_fraction_of_measured_flops']:.3f} of measured {args.measured_tflops:.0f}"
+        print(line + f" (model FLOPs, recomputation not counted); peak memory {ours['peak_gib']:.1f} GiB")
     print(json.dumps(result))
 
 

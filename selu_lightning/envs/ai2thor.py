@@ -127,6 +127,9 @@ class AI2ThorEnv(TextVisualEnv):
         "an object, put the object you hold in or on a receptacle, open or close it, toggle it on or off. "
         "Finishing the task scores a point."
     )
+    # Checkpoints rebuild the env by replay (TextVisualEnv.checkpoint_by): a fresh controller, the same seed (so the
+    # same scene and task), the same actions. A GPU renderer may not redraw a frame bit for bit: keep the frame.
+    replays_frames_exactly = False
 
     def __init__(
         self,
@@ -299,6 +302,12 @@ class AI2ThorEnv(TextVisualEnv):
 
     def render(self) -> np.ndarray:
         return self._frame
+
+    def __getstate__(self) -> dict[str, Any]:
+        raise TypeError(
+            "an AI2ThorEnv holds a live AI2-THOR controller and cannot be pickled; EnvPool checkpoints rebuild it "
+            "by replaying its episode"
+        )
 
     def close(self) -> None:
         controller, self.controller = getattr(self, "controller", None), None

@@ -565,10 +565,11 @@ class AlfWorldEnv(TextVisualEnv):
             "gamefile": str(self._loaded),
         }
 
-    # Checkpoints pickle the envs mid-episode. The engine (a C library) does not pickle: drop it, and rebuild it on
-    # the next step by replaying this episode's admissible commands (the engine is deterministic).
+    # Checkpoints rebuild the env by replay (TextVisualEnv.checkpoint_by); a pickled env (a copy) works too. The
+    # engine (a C library) does not pickle: drop it, and rebuild it on the next step by replaying this episode's
+    # admissible commands (the engine is deterministic).
     def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
+        state = super().__getstate__()
         state.update(_engine=None, _loaded=None, _state=None, _facts=None)
         return state
 

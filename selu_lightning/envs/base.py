@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -30,18 +30,45 @@ class TextVisualEnv(gym.Env):
     has_legal_actions: ClassVar[bool] = True
     #: One paragraph of rules the policy prompt starts with.
     task_description: ClassVar[str] = ""
+    #: How a checkpoint keeps this env mid-episode (``EnvPool.snapshot``). ``"replay"``: the seed (or RNG state)
+    #: the episode was reset from and the actions since; restoring builds a fresh env and replays them. Nothing
+    #: derived is stored (frames, spaces), and simulators that cannot be pickled (a live Unity process) come back
+    #: too. It needs each episode to follow from ``np_random`` at reset and the actions: the pool checks the
+    #: replayed observation and RNG against the checkpoint and fails loudly when they differ. ``"pickle"``: the
+    #: env object itself, for envs that carry state across episodes or do not replay deterministically.
+    checkpoint_by: ClassVar[Literal["replay", "pickle"]] = "replay"
+    #: Whether replaying an episode redraws its last frame bit for bit (true of CPU renderers). If not (a GPU
+    #: renderer), checkpoints keep the frame the policy is about to act on.
+    replays_frames_exactly: ClassVar[bool] = True
 
     def __init__(self, text_state: bool = True, image_size: int = 300) -> None:
         """``text_state`` also gives the state as text in ``obs["text"]``; the image is always drawn."""
         self.text_state = text_state
         self.image_size = image_size
-        self.observation_space = gym.spaces.Dict(
-            {
-                "image": gym.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8),
-                "text": gym.spaces.Text(max_length=4096),
-            }
-        )
-        self.action_space = gym.spaces.Text(max_length=256)
+        self.observation_space, self.action_space = _spaces(image_size)
+
+    # A Box space holds four image-sized arrays (low, high and their bound masks): ~1 MB at 300 px. Pickles leave
+    # the spaces out and rebuild them.
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("observation_space", None)
+        state.pop("action_space", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if "observation_space" not in state:
+            self.observation_space, self.action_space = _spaces(self.image_size)
+
+
+def _spaces(image_size: int) -> tuple[gym.spaces.Dict, gym.spaces.Text]:
+    observation = gym.spaces.Dict(
+        {
+            "image": gym.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8),
+            "text": gym.spaces.Text(max_length=4096),
+        }
+    )
+    return observation, gym.spaces.Text(max_length=256)
 
 
 _REGISTRY: dict[str, type[TextVisualEnv]] = {}
@@ -80,6 +107,15 @@ def available_envs() -> list[str]:
 
 def env_class(name: str) -> type[TextVisualEnv]:
     """The class registered as ``name``; a one-line error naming close matches or the missing package."""
+    if name not in _REGISTRY and ":" in name:  # package.module:EnvClass, a user's env without registering
+        module_name, _, attr = name.partition(":")
+        try:
+            cls = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as err:
+            raise ConfigError(f"env {name!r} cannot load: {err}") from err
+        if not (isinstance(cls, type) and issubclass(cls, TextVisualEnv)):
+            raise ConfigError(f"env {name!r} is not a TextVisualEnv subclass")
+        _REGISTRY[name] = cls
     if name not in _REGISTRY and name in BUILTIN_ENVS:
         try:
             importlib.import_module(BUILTIN_ENVS[name])

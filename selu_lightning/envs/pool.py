@@ -5,10 +5,17 @@ Workers step in parallel; one that crashes or does not answer within ``step_time
 restarted with a fresh env. Its episode is dropped from the episode metrics and counted in ``restarts``;
 the step that was lost ends that episode as a truncation bootstrapped from the last state seen, so the
 rollout keeps its shape and the epoch completes.
+
+Checkpoints (``snapshot`` / ``restore``) keep each env as the record of its episode: the seed or RNG state it was
+reset from and the actions since. Restoring builds fresh envs, replays those records (in parallel in subprocess
+workers) and checks the replayed observations and RNGs against the snapshot. So a live simulator that cannot be
+pickled comes back, and a snapshot holds a few hundred bytes per env, not its spaces and frames. Envs that declare
+``checkpoint_by = "pickle"`` are pickled instead (``TextVisualEnv``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing as mp
 import pickle
 import traceback
@@ -53,7 +60,8 @@ class StepOutcome:
     terminated: bool
     truncated: bool
     info: dict[str, Any]
-    #: For a truncated step, the state the episode was cut in (to bootstrap its value); else None.
+    #: For a step that ended an episode, its last observation (before any auto-reset); else None. A truncated
+    #: episode bootstraps from its value.
     final_state: EnvState | None = None
     #: Set when the step ended an episode: its return, length and ground-truth success.
     episode: dict[str, float] | None = None
@@ -71,6 +79,11 @@ def _state(obs: dict[str, Any], info: dict[str, Any]) -> EnvState:
     return EnvState(obs["image"], obs.get("text", ""), info.get("goal", ""), list(info.get("legal_actions", [])))
 
 
+def _digest(image: np.ndarray) -> str:
+    image = np.ascontiguousarray(image)
+    return hashlib.sha1(f"{image.shape}{image.dtype}".encode() + image.tobytes()).hexdigest()
+
+
 #: Seconds a new worker may take to start and answer its first call.
 START_TIMEOUT = 300.0
 
@@ -79,14 +92,72 @@ class EnvCrashed(RuntimeError):
     """A worker process died or stopped answering."""
 
 
+# ---------------------------------------------------------------------- one env and its checkpoint
+@dataclass
+class _Episode:
+    """How an env's current episode began, and the actions since: replaying them rebuilds the env."""
+
+    seed: int | None  # the seed reset got; None: the episode continued the env's RNG from ``rng``
+    rng: dict[str, Any] | None  # the env's RNG state just before that reset (seed None only)
+    actions: list[str] = field(default_factory=list)
+
+
+class _Recorder:
+    """One env and what a checkpoint rebuilds it from (``TextVisualEnv.checkpoint_by``): the episode record, or
+    the env pickled. Both kinds of worker run their env through one, so their checkpoints are the same."""
+
+    def __init__(self, env_cls: type[TextVisualEnv], env_kwargs: dict[str, Any], snapshot: dict | None = None):
+        self.episode: _Episode | None = None
+        #: After a restore by replay: the last (obs, info) replayed and the env's RNG state then, for the pool to
+        #: check against the checkpoint; else None.
+        self.replayed: tuple | None = None
+        if snapshot is not None and snapshot["by"] == "pickle":
+            self.env = pickle.loads(snapshot["env"])
+            return
+        self.env = env_cls(**env_kwargs)
+        if snapshot is not None and snapshot["episode"] is not None:
+            self._replay(snapshot["episode"])
+
+    def reset(self, seed: int | None) -> tuple:
+        rng = None if seed is not None else self.env.np_random.bit_generator.state
+        result = self.env.reset(seed=seed)
+        self.episode = _Episode(seed, rng)
+        return result
+
+    def step(self, action: str) -> tuple:
+        result = self.env.step(action)
+        if self.episode is not None:  # None: an env restored from a pickle, mid-episode
+            self.episode.actions.append(action)
+        return result
+
+    def snapshot(self) -> dict[str, Any]:
+        if self.env.checkpoint_by == "pickle":
+            return {"by": "pickle", "env": pickle.dumps(self.env)}
+        rng = self.env.np_random.bit_generator.state if self.episode is not None else None
+        return {"by": "replay", "episode": self.episode, "rng": rng}
+
+    def _replay(self, episode: _Episode) -> None:
+        if episode.rng is not None:
+            bit_generator = getattr(np.random, episode.rng["bit_generator"])()
+            bit_generator.state = episode.rng
+            self.env.np_random = np.random.Generator(bit_generator)
+        obs, info = self.reset(episode.seed)
+        for action in episode.actions:
+            obs, _, _, _, info = self.step(action)
+        self.replayed = (obs, info, self.env.np_random.bit_generator.state)
+
+    def close(self) -> None:
+        self.env.close()
+
+
 # ---------------------------------------------------------------------- env handles
 class _InProcess:
-    def __init__(self, env: TextVisualEnv) -> None:
+    def __init__(self, env: _Recorder) -> None:
         self.env = env
         self._pending: str | None = None
 
     def reset(self, seed: int | None) -> tuple:
-        return self.env.reset(seed=seed)
+        return self.env.reset(seed)
 
     def step_async(self, action: str) -> None:
         self._pending = action
@@ -94,16 +165,28 @@ class _InProcess:
     def step_wait(self) -> tuple:
         return self.env.step(self._pending)
 
-    def snapshot(self) -> bytes:
-        return pickle.dumps(self.env)
+    def snapshot(self) -> dict[str, Any]:
+        return self.env.snapshot()
+
+    def replayed(self) -> tuple | None:
+        return self.env.replayed
 
     def close(self) -> None:
         self.env.close()
 
 
-def _worker_main(conn: Any, env_cls: type, env_kwargs: dict[str, Any], pickled: bytes | None) -> None:
+def _worker_main(conn: Any, env_cls: type, env_kwargs: dict[str, Any], snapshot: dict | None) -> None:
     """A worker: owns one env, answers (command, argument) messages until told to close."""
-    env = pickle.loads(pickled) if pickled is not None else env_cls(**env_kwargs)
+    try:
+        env = _Recorder(env_cls, env_kwargs, snapshot)
+    except Exception:  # the env failed to start or to replay its checkpoint: say why on the first call
+        failure = traceback.format_exc()
+        try:
+            conn.recv()
+            conn.send(("error", failure))
+        except (EOFError, OSError):
+            pass
+        return
     while True:
         try:
             cmd, arg = conn.recv()
@@ -111,11 +194,13 @@ def _worker_main(conn: Any, env_cls: type, env_kwargs: dict[str, Any], pickled: 
             return
         try:
             if cmd == "reset":
-                conn.send(("ok", env.reset(seed=arg)))
+                conn.send(("ok", env.reset(arg)))
             elif cmd == "step":
                 conn.send(("ok", env.step(arg)))
             elif cmd == "snapshot":
-                conn.send(("ok", pickle.dumps(env)))
+                conn.send(("ok", env.snapshot()))
+            elif cmd == "replayed":
+                conn.send(("ok", env.replayed))
             elif cmd == "close":
                 env.close()
                 conn.send(("ok", None))
@@ -125,10 +210,10 @@ def _worker_main(conn: Any, env_cls: type, env_kwargs: dict[str, Any], pickled: 
 
 
 class _Subprocess:
-    def __init__(self, env_cls: type, env_kwargs: dict[str, Any], timeout: float, pickled: bytes | None = None):
+    def __init__(self, env_cls: type, env_kwargs: dict[str, Any], timeout: float, snapshot: dict | None = None):
         ctx = mp.get_context("spawn")  # never fork a process that holds torch threads
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_worker_main, args=(child, env_cls, env_kwargs, pickled), daemon=True)
+        self.process = ctx.Process(target=_worker_main, args=(child, env_cls, env_kwargs, snapshot), daemon=True)
         self.process.start()
         child.close()
         self.timeout = timeout
@@ -166,8 +251,11 @@ class _Subprocess:
     def step_wait(self) -> tuple:
         return self._receive()
 
-    def snapshot(self) -> bytes:
+    def snapshot(self) -> dict[str, Any]:
         return self._call("snapshot")
+
+    def replayed(self) -> tuple | None:
+        return self._call("replayed")
 
     def close(self) -> None:
         try:
@@ -199,7 +287,7 @@ class EnvPool:
         env_kwargs: dict[str, Any] | None = None,
         workers: Literal["inprocess", "subprocess"] = "inprocess",
         step_timeout: float = 60.0,
-        _snapshots: Sequence[bytes] | None = None,
+        _snapshots: Sequence[dict[str, Any]] | None = None,
     ) -> None:
         if num_envs < 1:
             raise ConfigError(f"num_envs must be >= 1 (got {num_envs})")
@@ -217,10 +305,10 @@ class EnvPool:
         self.restarts = 0
         self.states: list[EnvState] = []
 
-    def _spawn(self, snapshot: bytes | None) -> _InProcess | _Subprocess:
+    def _spawn(self, snapshot: dict[str, Any] | None) -> _InProcess | _Subprocess:
         if self.workers == "subprocess":
             return _Subprocess(self.env_cls, self.env_kwargs, self.step_timeout, snapshot)
-        return _InProcess(pickle.loads(snapshot) if snapshot is not None else self.env_cls(**self.env_kwargs))
+        return _InProcess(_Recorder(self.env_cls, self.env_kwargs, snapshot))
 
     @property
     def num_envs(self) -> int:
@@ -284,8 +372,8 @@ class EnvPool:
                 "length": float(tracker.length),
                 "success": float(bool(info.get("success", False))),
             }
-            if truncated and not terminated:
-                outcome.final_state = _state(obs, info)
+            # The episode's last observation (a trajectory's final frame; bootstraps a truncated episode).
+            outcome.final_state = _state(obs, info)
             self._trackers[i] = _Tracker()
             if auto_reset:
                 obs, info = self.handles[i].reset(None)
@@ -305,24 +393,70 @@ class EnvPool:
         self._trackers[i] = _Tracker()
 
     def snapshot(self) -> dict[str, Any]:
-        """Everything needed to continue exactly here: envs mid-episode (with their RNGs) and episode trackers."""
+        """Everything needed to continue exactly here: each env mid-episode (the record its episode is replayed
+        from, or the env pickled: ``TextVisualEnv.checkpoint_by``), what the policy sees of it now (without the
+        image where a replay redraws it), episode trackers."""
+        keep_images = self.env_cls.checkpoint_by == "pickle" or not self.env_cls.replays_frames_exactly
+        states = [
+            {"text": s.text, "goal": s.goal, "legal_actions": s.legal_actions, "image_sha1": _digest(s.image),
+             "image": s.image if keep_images else None}
+            for s in self.states
+        ]  # fmt: skip
         return {
             "env": self.env_name, "env_kwargs": self.env_kwargs, "seed": self.seed, "rank": self.rank,
             "stream": self.stream, "workers": self.workers, "step_timeout": self.step_timeout,
-            "envs": [h.snapshot() for h in self.handles], "states": self.states, "trackers": self._trackers,
+            "envs": [h.snapshot() for h in self.handles], "states": states, "trackers": self._trackers,
             "restart_counts": self._restart_counts,
         }  # fmt: skip
 
     @classmethod
     def restore(cls, snap: dict[str, Any]) -> "EnvPool":
+        """The pool ``snapshot`` describes: envs rebuilt (replayed in parallel in subprocess workers), states
+        re-derived and checked against the snapshot."""
+        if any(not isinstance(e, dict) for e in snap["envs"]):
+            raise ValueError("this checkpoint's env state was written by an older selu_lightning (pickled envs)")
         pool = cls(
             snap["env"], len(snap["envs"]), seed=snap["seed"], rank=snap["rank"], stream=snap["stream"],
             env_kwargs=snap["env_kwargs"], workers=snap["workers"], step_timeout=snap["step_timeout"],
             _snapshots=snap["envs"],
         )  # fmt: skip
-        pool.states, pool._trackers = snap["states"], snap["trackers"]
+        try:
+            replayed = [h.replayed() for h in pool.handles]
+            pool.states = [
+                pool._restored_state(i, saved, snap["envs"][i], replayed[i]) for i, saved in enumerate(snap["states"])
+            ]
+        except BaseException:
+            pool.close()
+            raise
+        pool._trackers = snap["trackers"]
         pool._restart_counts = snap["restart_counts"]
         return pool
+
+    def _restored_state(self, i: int, saved: dict[str, Any], env_snap: dict[str, Any], replayed: tuple | None):
+        if replayed is None:  # a pickled env: the state as saved
+            return EnvState(saved["image"], saved["text"], saved["goal"], list(saved["legal_actions"]))
+        obs, info, rng = replayed
+        state = _state(obs, info)
+        if saved["image"] is not None:  # the env's frames may differ a little on a replay: act on the saved one
+            state.image = saved["image"]
+        differ = [
+            what
+            for what, same in (
+                ("RNG state", pickle.dumps(rng) == pickle.dumps(env_snap["rng"])),  # MT19937's holds an array
+                ("text", state.text == saved["text"]),
+                ("goal", state.goal == saved["goal"]),
+                ("legal actions", state.legal_actions == list(saved["legal_actions"])),
+                ("image", _digest(state.image) == saved["image_sha1"]),
+            )
+            if not same
+        ]
+        if differ:
+            raise RuntimeError(
+                f"env {i} ({self.env_name}) replayed from the checkpoint to a different state ({', '.join(differ)} "
+                f"differ): its episodes do not follow from their seed and actions alone; give "
+                f"{self.env_cls.__name__} checkpoint_by = 'pickle'"
+            )
+        return state
 
     def close(self) -> None:
         for handle in self.handles:
