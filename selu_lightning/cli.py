@@ -8,8 +8,11 @@ and ``data.class_path`` the DataModule, so a new method is a new class, never a 
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import sys
+import warnings
 from argparse import ArgumentError
 
 import lightning as L
@@ -49,31 +52,99 @@ class SeluCLI(LightningCLI):
             run=run,
         )
 
+    def _instantiate_trainer(self, config: dict, callbacks: list) -> L.Trainer:
+        """Lightning's trainer with the rollout-aware progress bar, unless the config has a bar or none."""
+        from lightning.pytorch.callbacks import ProgressBar
+
+        from selu_lightning.progress import RolloutProgressBar
+
+        configured = config.get("callbacks") or []
+        configured = configured if isinstance(configured, list) else [configured]
+        if config.get("enable_progress_bar", True) is not False and not any(
+            isinstance(c, ProgressBar) for c in [*configured, *callbacks]
+        ):
+            callbacks = [*callbacks, RolloutProgressBar()]
+        return super()._instantiate_trainer(config, callbacks)
+
     def _prepare_checkpoints(self) -> None:
-        """Checkpoints go to ``<save_dir>/<name>/checkpoints``, not into the logger's per-run version folder,
-        and a ``last.ckpt`` is written at the end of every rollout epoch whatever the config says, so
-        ``--ckpt_path last`` resumes any recipe. ``--ckpt_path last`` with nothing to resume is an error."""
-        logger = self.trainer.logger
+        """Each run's checkpoints live in its own run folder (``<save_dir>/<name>/version_N/checkpoints``), and
+        a ``last.ckpt`` is written at the end of every rollout epoch whatever the config says. ``--ckpt_path
+        last`` resumes the newest ``last.ckpt`` among this config's runs (same save_dir and name), never
+        another experiment's; with nothing to resume it is a one-line error."""
         callbacks = [c for c in self.trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
-        for callback in callbacks:
-            if callback.dirpath is None and logger is not None:
-                callback.dirpath = os.path.join(logger.save_dir or ".", logger.name or "", "checkpoints")
         if callbacks and not any(c.save_last for c in callbacks):
             callbacks[0].save_last = True
             callbacks[0]._save_on_train_epoch_end = True
-        config = self.config.get(self.subcommand, {})
+        config = self.config_init.get(self.subcommand, {})
         if config.get("ckpt_path") == "last":
-            found = [c.dirpath for c in callbacks if c.dirpath and os.path.isfile(os.path.join(c.dirpath, "last.ckpt"))]
-            if not found:
-                where = ", ".join(sorted({c.dirpath for c in callbacks if c.dirpath})) or "(checkpointing is off)"
-                raise ConfigError(f"--ckpt_path last: no last.ckpt to resume in {where}")
+            config["ckpt_path"] = latest_run_checkpoint(self.trainer)
 
     before_fit = before_validate = before_test = before_predict = _prepare_checkpoints
+
+    def after_fit(self) -> None:
+        """One line saying where the run went: logs, last checkpoint, last held-out success."""
+        from lightning.pytorch.utilities import rank_zero_info
+
+        trainer = self.trainer
+        parts = []
+        if trainer.logger is not None and trainer.logger.log_dir:
+            parts.append(f"logs {trainer.logger.log_dir}")
+        for callback in trainer.checkpoint_callbacks:
+            last = getattr(callback, "last_model_path", "")
+            if last:
+                parts.append(f"last checkpoint {last}")
+                break
+        success = trainer.callback_metrics.get("val/success_rate")
+        if success is not None:
+            parts.append(f"val/success_rate {float(success):.3f}")
+        if parts:
+            rank_zero_info("selu: " + "; ".join(parts))
+
+
+#: Messages that are noise for this project's users: a cloud-logging advert, a deprecation inside Lightning,
+#: checkpoint folders that runs of one config share on purpose, epoch metrics we sum across ranks ourselves.
+QUIET = (
+    "litlogger",
+    "isinstance(treespec, LeafSpec)",
+    "exists and is not empty",
+    "when logging on epoch level in distributed setting",
+)
+
+
+class _Quiet(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(q in message for q in QUIET)
+
+
+def quiet_noise() -> None:
+    for text in QUIET:
+        warnings.filterwarnings("ignore", message=f".*{re.escape(text)}.*")
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_Quiet())
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' per-load weight bars
+
+
+def latest_run_checkpoint(trainer: L.Trainer) -> str:
+    """The newest ``last.ckpt`` of this config's runs: ``<save_dir>/<name>/version_*/checkpoints/last.ckpt``
+    with a logger, ``<default_root_dir>/checkpoints/last.ckpt`` without one."""
+    import glob
+
+    logger = trainer.logger
+    if logger is not None and getattr(logger, "root_dir", None):
+        pattern, where = os.path.join(logger.root_dir, "version_*", "checkpoints", "last.ckpt"), logger.root_dir
+    else:
+        pattern = where = os.path.join(trainer.default_root_dir, "checkpoints", "last.ckpt")
+    found = sorted(glob.glob(pattern), key=os.path.getmtime)
+    if not found:
+        raise ConfigError(f"--ckpt_path last: no last.ckpt of an earlier run in {where}")
+    return found[-1]
 
 
 def main(args: list[str] | None = None) -> None:
     """Console entry point; a bad configuration exits with one line on stderr and status 2."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet_noise()
     from selu_lightning.modules.actor_ppo import NonFiniteLossError
 
     try:

@@ -113,3 +113,64 @@ def test_every_shipped_yaml_instantiates_its_classes(config, monkeypatch, tmp_pa
             obs, info = env.reset(seed=0)
             assert "image" in obs and "legal_actions" in info
             env.close()
+
+
+# ---------------------------------------------------------------------- checkpoints and resuming
+TINY_RUN = ["--data.num_envs=4", "--data.steps_per_epoch=8", "--model.minibatch_size=8", "--model.ppo_epochs=1",
+            "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false"]  # fmt: skip
+
+
+def fit_quickstart(capsys, save_dir, *extra, config="configs/quickstart.yaml"):
+    """``selu fit`` in this process; returns (exit code, stderr)."""
+    try:
+        main(["fit", "-c", config, f"--trainer.logger.init_args.save_dir={save_dir}", *TINY_RUN, *extra])
+        return 0, capsys.readouterr().err
+    except SystemExit as exit_info:
+        return exit_info.code, capsys.readouterr().err
+
+
+def test_a_recipe_without_a_checkpoint_callback_still_writes_last(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(ROOT)
+    config = tmp_path / "no_callbacks.yaml"
+    text = (ROOT / "configs/quickstart.yaml").read_text()
+    start = text.index("  callbacks:")
+    end = text.index("  logger:")
+    config.write_text(text[:start] + text[end:])
+    assert fit_quickstart(capsys, tmp_path / "runs", "--trainer.max_epochs=1", config=str(config))[0] == 0
+    assert (tmp_path / "runs/quickstart/version_0/checkpoints/last.ckpt").is_file()
+
+
+def test_runs_keep_their_own_checkpoints_and_last_resumes_the_newest(capsys, monkeypatch, tmp_path):
+    import torch
+
+    monkeypatch.chdir(ROOT)
+    runs = tmp_path / "runs"
+    assert fit_quickstart(capsys, runs, "--trainer.max_epochs=1")[0] == 0
+    assert fit_quickstart(capsys, runs, "--trainer.max_epochs=2")[0] == 0
+    lasts = sorted(runs.glob("quickstart/version_*/checkpoints/last.ckpt"))
+    assert [p.parent.parent.name for p in lasts] == ["version_0", "version_1"]  # one per run, no last-v1
+    assert not list(runs.glob("quickstart/version_*/checkpoints/last-v*.ckpt"))
+    # resuming picks version_1's last.ckpt (2 epochs done): a third epoch runs from there
+    assert fit_quickstart(capsys, runs, "--trainer.max_epochs=3", "--ckpt_path=last")[0] == 0
+    resumed = torch.load(runs / "quickstart/version_2/checkpoints/last.ckpt", weights_only=False)
+    assert resumed["epoch"] == 2 and resumed["global_step"] == 3
+
+
+def test_ckpt_path_last_with_nothing_to_resume_is_one_line(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(ROOT)
+    code, err = fit_quickstart(capsys, tmp_path / "empty", "--ckpt_path=last")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "no last.ckpt of an earlier run" in lines[0], err
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [("--data.env=blackjack", "another experiment"), ("--model.policy.value_head_widths=[8]", "value_head_widths")],
+)
+def test_resuming_another_experiments_checkpoint_is_refused(change, message, capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(ROOT)
+    runs = tmp_path / "runs"
+    assert fit_quickstart(capsys, runs, "--trainer.max_epochs=1")[0] == 0
+    code, err = fit_quickstart(capsys, runs, "--trainer.max_epochs=2", "--ckpt_path=last", change)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and "Traceback" not in err and lines[-1].startswith("selu: error:") and message in lines[-1], err

@@ -43,7 +43,7 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, space):
     crashed = tmp_path / "crashed"
     fit(crashed, f"--model.action_space={space}", "--trainer.callbacks+=helpers.HardKillAtEpoch",
         "--trainer.callbacks.epoch=2", expect=17)  # fmt: skip
-    assert (crashed / "quickstart" / "checkpoints" / "last.ckpt").is_file()
+    assert list((crashed / "quickstart").glob("version_*/checkpoints/last.ckpt"))
     fit(crashed, f"--model.action_space={space}", "--ckpt_path=last")
     straight, resumed = train_series(tmp_path / "straight"), train_series(crashed)
     assert set(resumed["train/loss_policy"]) == {0, 1, 2, 3}

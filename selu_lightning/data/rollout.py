@@ -114,6 +114,8 @@ def collect_rollout(
     trajectories: list[Trajectory] = []
     boots: list[tuple[int, int, EnvState]] = []  # (step, env, final state) of truncated episodes
     start, decide_seconds, restarts_before = time.perf_counter(), 0.0, pool.restarts
+    if progress is not None:
+        progress(0, T * N, 0, 0)
     for t in range(T):
         states = list(pool.states)
         tick = time.perf_counter()
@@ -379,9 +381,15 @@ class RolloutDataModule(L.LightningDataModule):
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             ranks = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(ranks, mine)
-        return {"rank_states": ranks}
+        return {"rank_states": ranks, "env": self.env, "env_kwargs": self.env_kwargs}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = (state.get("env"), state.get("env_kwargs"))
+        if saved != (self.env, self.env_kwargs) and saved[0] is not None:
+            raise ConfigError(
+                f"checkpoint's rollouts ran env {saved[0]!r} with env_kwargs {saved[1]}, this run has {self.env!r} "
+                f"with {self.env_kwargs}: it belongs to another experiment"
+            )
         ranks = state.get("rank_states", [])
         if len(ranks) != self._world:
             rank_zero_warn(

@@ -38,6 +38,10 @@ __all__ = ["ActorPPO", "NonFiniteLossError"]
 class NonFiniteLossError(RuntimeError):
     """Too many optimizer steps in a row had NaN/inf gradients: the run stops (the last checkpoint stays)."""
 
+#: Policy settings that decide which weights a checkpoint holds: resuming with others is refused.
+WEIGHT_DEFINING_KEYS = ("model_name_or_path", "lora", "freeze", "value_head_widths")
+ACTION_SPACE_KEY = "selu_action_space"
+
 #: Most prompts scored together when only values are needed (bootstrap states at the end of a rollout).
 VALUE_CHUNK = 32
 
@@ -318,7 +322,9 @@ class ActorPPO(L.LightningModule):
         n = len(batch["samples"])
         log = dict(on_epoch=True, on_step=False, batch_size=n, sync_dist=True)
         self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, **log)
-        self.log_dict({f"train/{k}": v for k, v in stats.items() if k != "ratio_max_abs_log"}, **log)
+        shown = {"approx_kl", "clip_fraction"}  # on the progress bar, with the loss
+        self.log_dict({f"train/{k}": v for k, v in stats.items() if k not in shown | {"ratio_max_abs_log"}}, **log)
+        self.log_dict({f"train/{k}": stats[k] for k in sorted(shown)}, prog_bar=True, **log)
         self.log("train/loss", loss.detach(), prog_bar=True, **log)
         if batch_idx == 0:
             # 0 when rollout and update score alike (invariant 1); the same key on every rank, every epoch.
@@ -396,9 +402,22 @@ class ActorPPO(L.LightningModule):
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         checkpoint[CONFIG_KEY] = policy_config_to_dict(self.policy.config)  # lets tools rebuild the model
+        checkpoint[ACTION_SPACE_KEY] = type(self.action_space).__name__
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Loading is non-strict (base weights come from the model folder), so check the trained ones are all there."""
+        """Refuse, in one line, a checkpoint of another model or action space; then check (loading is
+        non-strict: base weights come from the model folder) that every trained weight is there."""
+        saved, current = checkpoint.get(CONFIG_KEY), policy_config_to_dict(self.policy.config)
+        if saved is not None:
+            for key in WEIGHT_DEFINING_KEYS:
+                if saved.get(key) != current.get(key):
+                    raise ConfigError(
+                        f"checkpoint was trained with model.policy.{key}={saved.get(key)!r}, this run has "
+                        f"{current.get(key)!r}: it belongs to another experiment"
+                    )
+        space = checkpoint.get(ACTION_SPACE_KEY)
+        if space is not None and space != type(self.action_space).__name__:
+            raise ConfigError(f"checkpoint was trained with action space {space}, this run uses {type(self.action_space).__name__}")
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}
         missing = sorted(trainable - set(checkpoint.get("state_dict", {})))
         if missing:
