@@ -184,3 +184,31 @@ def test_parse_failure_mode_decides_what_unparsable_text_teaches(mode, tiny_llav
 def test_parse_failure_mode_is_validated():
     with pytest.raises(ConfigError, match="parse_failure"):
         TextActionSpace(parse_failure="ignore")
+
+
+# ---------------------------------------------------------------------- rollout buffer memory
+def _nbytes(sample):
+    return sum(v.numel() * v.element_size() for v in sample.values() if isinstance(v, torch.Tensor))
+
+
+@pytest.mark.parametrize("arch", ["llava", "llava_next", "idefics3"])
+def test_uint8_frames_in_the_buffer_score_exactly_like_pixel_values(arch):
+    """Stored prompts keep the uint8 frame, not fp32 pixel values; scoring re-makes identical pixel values."""
+    from selu_lightning.action_spaces.base import user_message
+    from selu_lightning.policy.vlm import FRAME_KEY, VLMPolicy
+
+    frame = (np.random.default_rng(0).random((300, 300, 3)) * 255).astype(np.uint8)
+    scores, sizes = {}, {}
+    for mode in ("uint8", "pixel_values"):
+        torch.manual_seed(0)
+        policy = VLMPolicy(PolicyConfig(f"tiny:{arch}", lora=None, value_head_widths=[8], frames_in_buffer=mode))
+        policy.load()
+        prompt = policy.encode_prompt(user_message("Target: 3", True), frame)
+        assert (FRAME_KEY in prompt) == (mode == "uint8")
+        out = policy.score([prompt], [torch.tensor([5, 6, 7])])
+        scores[mode] = (out.token_logprobs[0], out.values)
+        sizes[mode] = _nbytes(prompt)
+    torch.testing.assert_close(scores["uint8"][0], scores["pixel_values"][0], rtol=0, atol=0)
+    torch.testing.assert_close(scores["uint8"][1], scores["pixel_values"][1], rtol=0, atol=0)
+    # the frame and the token ids, nothing else (a real LLaVA-NeXT's fp32 pixel values for it: ~6.8 MB)
+    assert frame.nbytes <= sizes["uint8"] < frame.nbytes + 4096

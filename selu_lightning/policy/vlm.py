@@ -37,6 +37,8 @@ __all__ = ["LoraSettings", "PolicyConfig", "VLMPolicy", "ScoreOutput", "Backbone
 PromptSample = dict[str, torch.Tensor]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: A stored prompt's uint8 frame (``frames_in_buffer: uint8``), made into pixel values when scored.
+FRAME_KEY = "frame_uint8"
 #: Processor outputs that have one entry per token (padded with the prompt), the rest are per image.
 _PER_TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
 _MODULE_GROUPS = {
@@ -141,6 +143,11 @@ class PolicyConfig:
     """e.g. sdpa, flash_attention_2, eager; null: transformers' default."""
     processor_kwargs: dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments for AutoProcessor.from_pretrained."""
+    frames_in_buffer: Literal["uint8", "pixel_values"] = "uint8"
+    """How stored prompts keep their image. ``uint8``: the frame itself (270 KB at 300x300), turned into pixel
+    values again whenever it is scored (the image processor is deterministic; checked on the first frame,
+    falling back to ``pixel_values`` if it is not). ``pixel_values``: the processor's tensors (about 7 MB per
+    LLaVA-NeXT state in fp32), no reprocessing in the update."""
 
     def __post_init__(self) -> None:
         _check_model_source(self.model_name_or_path)
@@ -156,6 +163,7 @@ class VLMPolicy(nn.Module):
         self.value_head: ValueHead | None = None
         self.processor: Any = None
         self.unused_modules: list[str] = []
+        self._frames_reproducible: bool | None = None
 
     @property
     def lora(self) -> LoraSettings | None:
@@ -249,7 +257,39 @@ class VLMPolicy(nn.Module):
         for key in _PER_TOKEN_KEYS:
             if key in sample:
                 sample[key] = sample[key][0]
+        if image is not None and self._keeps_frames(image, sample):
+            sample = {k: v for k, v in sample.items() if k in _PER_TOKEN_KEYS}
+            sample[FRAME_KEY] = torch.from_numpy(np.ascontiguousarray(image))
         return sample
+
+    def _image_tensors(self, frame: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The processor's per-image tensors (pixel values, sizes, masks) for one uint8 frame."""
+        from PIL import Image
+
+        out = self.processor.image_processor([Image.fromarray(frame.cpu().numpy())], return_tensors="pt")
+        return {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
+
+    def _keeps_frames(self, image: np.ndarray, sample: PromptSample) -> bool:
+        """Whether stored prompts keep the uint8 frame: asked for, and the image processor alone gives the
+        full processor's tensors (checked once, on the first frame)."""
+        if self.config.frames_in_buffer != "uint8":
+            return False
+        if self._frames_reproducible is None:
+            expected = {k: v for k, v in sample.items() if k not in _PER_TOKEN_KEYS}
+            again = self._image_tensors(torch.from_numpy(np.ascontiguousarray(image)))
+            self._frames_reproducible = expected.keys() == again.keys() and all(
+                torch.equal(expected[k], again[k]) for k in expected
+            )
+        return self._frames_reproducible
+
+    def materialize(self, prompts: Sequence[PromptSample]) -> list[PromptSample]:
+        """Prompts with their image tensors, re-made from stored uint8 frames where a prompt keeps one."""
+        out = []
+        for p in prompts:
+            if FRAME_KEY in p:
+                p = {k: v for k, v in p.items() if k != FRAME_KEY} | self._image_tensors(p[FRAME_KEY])
+            out.append(p)
+        return out
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
@@ -263,7 +303,7 @@ class VLMPolicy(nn.Module):
         min_new_tokens: int = 0,
     ) -> list[torch.Tensor]:
         """One batched generate for every prompt; returns each response's token ids, cut after EOS."""
-        batch = _collate_prompts(prompts, pad_id=self._pad_id, left=True)
+        batch = _collate_prompts(self.materialize(prompts), pad_id=self._pad_id, left=True)
         batch = {k: v.to(self.device) for k, v in batch.items()}
         sampling: dict[str, Any] = (
             {"do_sample": False}
@@ -301,7 +341,7 @@ class VLMPolicy(nn.Module):
         Right padding keeps every real token at the position it had in generation."""
         if len(prompts) != len(continuations):
             raise ValueError(f"score got {len(prompts)} prompts but {len(continuations)} continuations")
-        batch, prompt_lens = _collate_sequences(prompts, continuations, pad_id=self._pad_id)
+        batch, prompt_lens = _collate_sequences(self.materialize(prompts), continuations, pad_id=self._pad_id)
         batch = {k: v.to(self.device) for k, v in batch.items()}
         out = self._backbone(self.hf_model)(**batch, use_cache=False)
         return BackboneOutput(out.last_hidden_state, prompt_lens, [int(c.numel()) for c in continuations])
