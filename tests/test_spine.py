@@ -212,3 +212,18 @@ def test_uint8_frames_in_the_buffer_score_exactly_like_pixel_values(arch):
     torch.testing.assert_close(scores["uint8"][1], scores["pixel_values"][1], rtol=0, atol=0)
     # the frame and the token ids, nothing else (a real LLaVA-NeXT's fp32 pixel values for it: ~6.8 MB)
     assert frame.nbytes <= sizes["uint8"] < frame.nbytes + 4096
+
+
+def test_no_numpy_conversion_of_a_tensor_that_may_live_on_the_gpu():
+    """``.numpy()`` on a CUDA tensor raises: every host conversion in the package goes through ``.cpu()``."""
+    import re
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1] / "selu_lightning"
+    offending = [
+        f"{path.relative_to(package)}:{n}"
+        for path in package.rglob("*.py")
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"\.numpy\(\)", line) and not re.search(r"\.cpu\(\)(\.detach\(\))?\.numpy\(\)|\.detach\(\)\.cpu\(\)\.numpy\(\)", line)
+    ]
+    assert not offending, offending

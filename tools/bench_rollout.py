@@ -42,7 +42,29 @@ def ours(module: ActorPPO, env: str, n: int, steps: int) -> dict[str, float]:
     _sync(module)
     seconds = time.perf_counter() - start
     stats = rollout.stats()
-    return {"env_steps_per_s": stats["steps"] / seconds, "gen_tokens_per_s": stats["generated_tokens"] / seconds}
+    samples = [d.sample for row in rollout.decisions for d in row]
+    stored = np.mean([_nbytes(s) for s in samples])
+    # what the same transitions would hold with the processor's pixel values instead of uint8 frames
+    with_pixels = np.mean([_nbytes(s) for s in _with_pixel_values(module, samples[: min(len(samples), 64)])])
+    return {"env_steps_per_s": stats["steps"] / seconds, "gen_tokens_per_s": stats["generated_tokens"] / seconds,
+            "host_bytes_per_transition": float(stored), "host_bytes_per_transition_pixel_values": float(with_pixels)}
+
+
+def _nbytes(sample: dict) -> int:
+    """Host bytes one stored transition keeps (prompt tensors, output ids, weights)."""
+    total = 0
+    for value in sample.values():
+        if isinstance(value, dict):
+            total += _nbytes(value)
+        elif isinstance(value, torch.Tensor):
+            total += value.numel() * value.element_size()
+        elif isinstance(value, list):
+            total += sum(v.numel() * v.element_size() for v in value if isinstance(v, torch.Tensor))
+    return total
+
+
+def _with_pixel_values(module: ActorPPO, samples: list[dict]) -> list[dict]:
+    return [dict(s, prompt=module.policy.materialize([s["prompt"]])[0]) for s in samples]
 
 
 @torch.no_grad()
@@ -55,7 +77,7 @@ def reference(module: ActorPPO, env: str, steps: int, new_tokens: int, pad_to: i
 
     def step() -> int:
         nonlocal state
-        prompt = _prompt(module, state, pool.task_description)
+        prompt = policy.materialize([_prompt(module, state, pool.task_description)])[0]
         with eval_mode(module):
             response = policy.generate([prompt], max_new_tokens=new_tokens, temperature=1.0, greedy=False,
                                        min_new_tokens=new_tokens)[0]  # fmt: skip
@@ -130,12 +152,14 @@ def main() -> None:
     ref = reference(module, args.env, args.ref_steps, args.new_tokens, args.pad_to)
     rows = {n: ours(module, args.env, n, args.steps) for n in args.n}
     print(f"model {args.model}  device {args.device}  dtype {args.dtype}  {args.new_tokens} new tokens/step")
-    print(f"{'loop':>14} {'env steps/s':>12} {'gen tokens/s':>13} {'speed-up':>9}")
+    print(f"{'loop':>14} {'env steps/s':>12} {'gen tokens/s':>13} {'speed-up':>9} {'host KB/transition':>19}")
     print(f"{'reference':>14} {ref['env_steps_per_s']:>12.2f} {ref['gen_tokens_per_s']:>13.1f} {1.0:>9.2f}")
     speedup = {}
     for n, row in rows.items():
         speedup[str(n)] = row["env_steps_per_s"] / ref["env_steps_per_s"]
-        print(f"{'ours N=' + str(n):>14} {row['env_steps_per_s']:>12.2f} {row['gen_tokens_per_s']:>13.1f} {speedup[str(n)]:>9.2f}")
+        print(f"{'ours N=' + str(n):>14} {row['env_steps_per_s']:>12.2f} {row['gen_tokens_per_s']:>13.1f} "
+              f"{speedup[str(n)]:>9.2f} {row['host_bytes_per_transition'] / 1e3:>10.1f} "
+              f"(pixel values: {row['host_bytes_per_transition_pixel_values'] / 1e3:.1f})")
     result = {
         "bench": "rollout", "date": date.today().isoformat(), "machine": platform.node(), "cpu": platform.processor(),
         "device": args.device, "model": args.model, "dtype": args.dtype, "new_tokens": args.new_tokens,

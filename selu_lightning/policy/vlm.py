@@ -515,6 +515,8 @@ def _image_token_ids(config: Any) -> set[int]:
 
 def _collate_prompts(prompts: Sequence[PromptSample], pad_id: int, left: bool) -> dict[str, torch.Tensor]:
     """Pad per-token tensors (left for generation), concatenate per-image tensors along dim 0."""
+    if any(FRAME_KEY in p for p in prompts):
+        raise ValueError(f"prompts still hold {FRAME_KEY!r}: pass them through VLMPolicy.materialize first")
     batch: dict[str, torch.Tensor] = {}
     keys = prompts[0].keys()
     for key in keys:

@@ -44,10 +44,11 @@ class PPOEpochSampler(Sampler[list[int]]):
 
 
 def sample_tokens(sample: dict[str, Any]) -> int:
-    """Tokens a stored decision costs to score again: its prompt once per continuation, plus continuations."""
+    """Tokens a stored decision costs to score again: its prompt once (candidates are scored on its KV cache),
+    plus its continuations."""
     prompt = int(sample["prompt"]["input_ids"].numel())
     conts = sample.get("candidates") or [sample.get("response", torch.zeros(0))]
-    return sum(prompt + int(c.numel()) for c in conts)
+    return prompt + sum(int(c.numel()) for c in conts)
 
 
 #: Per-transition rollout constants a PPO minibatch carries next to the samples.
