@@ -227,3 +227,16 @@ def test_no_numpy_conversion_of_a_tensor_that_may_live_on_the_gpu():
         if re.search(r"\.numpy\(\)", line) and not re.search(r"\.cpu\(\)(\.detach\(\))?\.numpy\(\)|\.detach\(\)\.cpu\(\)\.numpy\(\)", line)
     ]
     assert not offending, offending
+
+
+def test_auto_keeps_whichever_is_smaller():
+    """``frames_in_buffer: auto``: the tiny LLaVA's 32x32 pixel values are smaller than a 300x300 frame, so
+    they are kept; a real LLaVA-NeXT's (~6.8 MB fp32) are not."""
+    from selu_lightning.action_spaces.base import user_message
+    from selu_lightning.policy.vlm import FRAME_KEY, VLMPolicy
+
+    policy = VLMPolicy(PolicyConfig("tiny:llava", lora=None, value_head_widths=[8]))
+    policy.load()
+    assert policy.config.frames_in_buffer == "auto"
+    big = policy.encode_prompt(user_message("x", True), np.zeros((300, 300, 3), np.uint8))
+    assert FRAME_KEY not in big and "pixel_values" in big

@@ -143,11 +143,12 @@ class PolicyConfig:
     """e.g. sdpa, flash_attention_2, eager; null: transformers' default."""
     processor_kwargs: dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments for AutoProcessor.from_pretrained."""
-    frames_in_buffer: Literal["uint8", "pixel_values"] = "uint8"
+    frames_in_buffer: Literal["auto", "uint8", "pixel_values"] = "auto"
     """How stored prompts keep their image. ``uint8``: the frame itself (270 KB at 300x300), turned into pixel
     values again whenever it is scored (the image processor is deterministic; checked on the first frame,
     falling back to ``pixel_values`` if it is not). ``pixel_values``: the processor's tensors (about 7 MB per
-    LLaVA-NeXT state in fp32), no reprocessing in the update."""
+    LLaVA-NeXT-7B state in fp32), no reprocessing in the update. ``auto``: whichever of the two is smaller,
+    decided on the first frame (frames for real checkpoints; pixel values for the tiny test models)."""
 
     def __post_init__(self) -> None:
         _check_model_source(self.model_name_or_path)
@@ -272,14 +273,15 @@ class VLMPolicy(nn.Module):
     def _keeps_frames(self, image: np.ndarray, sample: PromptSample) -> bool:
         """Whether stored prompts keep the uint8 frame: asked for, and the image processor alone gives the
         full processor's tensors (checked once, on the first frame)."""
-        if self.config.frames_in_buffer != "uint8":
+        mode = self.config.frames_in_buffer
+        if mode == "pixel_values":
             return False
         if self._frames_reproducible is None:
             expected = {k: v for k, v in sample.items() if k not in _PER_TOKEN_KEYS}
             again = self._image_tensors(torch.from_numpy(np.ascontiguousarray(image)))
-            self._frames_reproducible = expected.keys() == again.keys() and all(
-                torch.equal(expected[k], again[k]) for k in expected
-            )
+            reproducible = expected.keys() == again.keys() and all(torch.equal(expected[k], again[k]) for k in expected)
+            smaller = image.nbytes < sum(v.numel() * v.element_size() for v in expected.values())
+            self._frames_reproducible = reproducible and (mode == "uint8" or smaller)
         return self._frames_reproducible
 
     def materialize(self, prompts: Sequence[PromptSample]) -> list[PromptSample]:
