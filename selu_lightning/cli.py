@@ -14,16 +14,26 @@ import re
 import sys
 import warnings
 from argparse import ArgumentError
+from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 import selu_lightning.data  # noqa: F401  (the DataModules, for class_path and --help)
 import selu_lightning.modules  # noqa: F401  (the LightningModules, for class_path and --help)
+from selu_lightning import __version__
 from selu_lightning.errors import ConfigError
 
 __all__ = ["SeluCLI", "main"]
+
+DESCRIPTION = (
+    "selu: train vision-language agents that learn by acting (RL4VLM's PPO; SELU's critic and latent actions "
+    "to come) with PyTorch Lightning. `selu fit -c configs/quickstart.yaml` trains; `--model.help CLASS` and "
+    "`--data.help CLASS` show a component's options."
+)
 
 TRAINER_DEFAULTS = {
     # Each epoch's train_dataloader() is a fresh rollout with the current policy.
@@ -45,12 +55,19 @@ class SeluCLI(LightningCLI):
             L.LightningDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
-            parser_kwargs={"parser_mode": "omegaconf", "exit_on_error": False},
+            parser_kwargs={"parser_mode": "omegaconf", "exit_on_error": False, "description": DESCRIPTION},
             trainer_defaults=TRAINER_DEFAULTS,
             save_config_kwargs={"overwrite": True},
             args=args,
             run=run,
         )
+
+    def init_parser(self, **kwargs: Any) -> Any:
+        """Every (sub)command parser refuses abbreviated options: ``--data.num_env`` must not become num_envs."""
+        kwargs.setdefault("allow_abbrev", False)
+        parser = super().init_parser(**kwargs)
+        parser.add_argument("--version", action="version", version=f"selu_lightning {__version__}")
+        return parser
 
     def _instantiate_trainer(self, config: dict, callbacks: list) -> L.Trainer:
         """Lightning's trainer with the rollout-aware progress bar, unless the config has a bar or none."""
@@ -78,8 +95,39 @@ class SeluCLI(LightningCLI):
         config = self.config_init.get(self.subcommand, {})
         if config.get("ckpt_path") == "last":
             config["ckpt_path"] = latest_run_checkpoint(self.trainer)
+        if self.trainer.logger is None:
+            # Without a logger Lightning would save the resolved config as ./config.yaml, over whatever is there.
+            self.trainer.callbacks = [c for c in self.trainer.callbacks if not isinstance(c, SaveConfigCallback)]
 
-    before_fit = before_validate = before_test = before_predict = _prepare_checkpoints
+    def before_fit(self) -> None:
+        self._prepare_checkpoints()
+        # Ctrl-C, SIGTERM (what cluster schedulers send; Lightning turns it into an exception) or a crash
+        # leave <run>/checkpoints/interrupted.ckpt, which --ckpt_path last resumes when it is the newest. (Lightning
+        # deletes that file again when a run ends without an exception, so it must not be last.ckpt.)
+        callbacks = [c for c in self.trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
+        if callbacks:
+            self.trainer.callbacks.append(
+                OnExceptionCheckpoint(dirpath=_checkpoint_dir(self.trainer), filename=INTERRUPTED)
+            )
+
+    def _evaluate_trained(self) -> None:
+        self._prepare_checkpoints()
+        if self.config_init.get(self.subcommand, {}).get("ckpt_path") is None:
+            from lightning.pytorch.utilities import rank_zero_warn
+
+            rank_zero_warn(
+                f"selu {self.subcommand} without --ckpt_path scores the weights as configured "
+                "(model.policy.model_name_or_path plus fresh adapters and value head), not a trained run: "
+                "pass --ckpt_path last or a checkpoint file"
+            )
+
+    before_validate = before_test = _evaluate_trained
+
+    def before_predict(self) -> None:
+        self._evaluate_trained()
+        from selu_lightning.predict import EpisodeRecordWriter
+
+        self.trainer.callbacks.append(EpisodeRecordWriter(_run_dir(self.trainer)))
 
     def after_fit(self) -> None:
         """One line saying where the run went: logs, last checkpoint, last held-out success."""
@@ -125,19 +173,37 @@ def quiet_noise() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' per-load weight bars
 
 
+def _run_dir(trainer: L.Trainer) -> str:
+    """This run's folder: the logger's version folder, or the trainer's root folder without a logger."""
+    logger = trainer.logger
+    return logger.log_dir if logger is not None and logger.log_dir else trainer.default_root_dir
+
+
+def _checkpoint_dir(trainer: L.Trainer) -> str:
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.dirpath:
+            return callback.dirpath
+    return os.path.join(_run_dir(trainer), "checkpoints")
+
+
+#: The checkpoint an interrupted run leaves (Ctrl-C, SIGTERM, an exception).
+INTERRUPTED = "interrupted"
+
+
 def latest_run_checkpoint(trainer: L.Trainer) -> str:
-    """The newest ``last.ckpt`` of this config's runs: ``<save_dir>/<name>/version_*/checkpoints/last.ckpt``
-    with a logger, ``<default_root_dir>/checkpoints/last.ckpt`` without one."""
+    """The newest ``last.ckpt`` (or ``interrupted.ckpt``) of this config's runs:
+    ``<save_dir>/<name>/version_*/checkpoints/`` with a logger, ``<default_root_dir>/checkpoints/`` without."""
     import glob
 
     logger = trainer.logger
     if logger is not None and getattr(logger, "root_dir", None):
-        pattern, where = os.path.join(logger.root_dir, "version_*", "checkpoints", "last.ckpt"), logger.root_dir
+        folder, where = os.path.join(logger.root_dir, "version_*", "checkpoints"), logger.root_dir
     else:
-        pattern = where = os.path.join(trainer.default_root_dir, "checkpoints", "last.ckpt")
-    found = sorted(glob.glob(pattern), key=os.path.getmtime)
+        folder = where = os.path.join(trainer.default_root_dir, "checkpoints")
+    names = ("last.ckpt", f"{INTERRUPTED}.ckpt")
+    found = sorted((p for n in names for p in glob.glob(os.path.join(folder, n))), key=os.path.getmtime)
     if not found:
-        raise ConfigError(f"--ckpt_path last: no last.ckpt of an earlier run in {where}")
+        raise ConfigError(f"--ckpt_path last: no last.ckpt (or {INTERRUPTED}.ckpt) of an earlier run in {where}")
     return found[-1]
 
 
@@ -154,6 +220,16 @@ def main(args: list[str] | None = None) -> None:
         if cause is None and not isinstance(err, ArgumentError):
             raise
         print(f"selu: error: {_one_line(cause or err)}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except SIGTERMException:
+        print(f"selu: stopped by SIGTERM; {INTERRUPTED}.ckpt is in the run's checkpoints, resume with --ckpt_path last",
+              file=sys.stderr)  # fmt: skip
+        raise SystemExit(128 + 15) from None
+    except MisconfigurationException as err:
+        message = _one_line(err)
+        if "gpu" in message.lower() and "backend" in message.lower():
+            message = "this config asks for a GPU (trainer.accelerator=gpu) and none is available; add --trainer.accelerator=cpu to run it on the CPU"
+        print(f"selu: error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
     except NonFiniteLossError as err:
         print(f"selu: stopped: {_one_line(err)}", file=sys.stderr)
@@ -172,7 +248,47 @@ def _config_error_in(err: BaseException) -> ConfigError | None:
     return None
 
 
+_REFUSED_OPTION = re.compile(r"Problem with given class_path '([\w.]+)':\s+Option '(\w+)' is not accepted")
+
+
+_MISSING_CLASS = re.compile(r"module '([\w.]+)' has no attribute '(\w+)'")
+
+
+def _short_message(err: BaseException) -> str | None:
+    """jsonargparse's subclass-mode errors, said briefly, with the closest valid name: an option a class does
+    not take, or a class_path naming no class."""
+    import difflib
+    import importlib
+    import inspect
+
+    missing = _MISSING_CLASS.search(str(err))
+    if missing is not None:
+        module, name = missing.groups()
+        try:
+            names = [n for n in dir(importlib.import_module(module)) if not n.startswith("_")]
+        except ImportError:
+            names = []
+        close = difflib.get_close_matches(name, names, n=1)
+        return f"no class {name!r} in {module}" + (f"; did you mean {close[0]!r}?" if close else "")
+    match = _REFUSED_OPTION.search(str(err))
+    if match is None:
+        return None
+
+    class_path, option = match.groups()
+    module, _, name = class_path.rpartition(".")
+    try:
+        accepted = list(inspect.signature(getattr(importlib.import_module(module), name)).parameters)
+    except (ImportError, AttributeError, ValueError):
+        accepted = []
+    close = difflib.get_close_matches(option, accepted, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"{name} has no option {option!r}{hint}"
+
+
 def _one_line(err: BaseException) -> str:
+    short = _short_message(err)
+    if short is not None:
+        return short
     return " ".join(part.strip() for part in str(err).splitlines() if part.strip())
 
 

@@ -73,6 +73,9 @@ def test_interpolation(capsys, monkeypatch, tmp_path):
         (["--model.action_space.class_path", "selu_lightning.action_spaces.NoSuchSpace"], "NoSuchSpace"),
         (["--data.env", "test-stub-no-legal-actions"], "needs an env that lists its legal actions"),
         (["--data.steps_per_epoch", "100", "--data.num_envs", "16"], "must be divisible by data.num_envs"),
+        (["--data.num_env", "8"], "RolloutDataModule has no option 'num_env'; did you mean 'num_envs'?"),
+        (["--model.action_space", "selu_lightning.action_spaces.TextActionSpac"], "did you mean 'TextActionSpace'?"),
+        (["--trainer.accelerator", "gpu"], "add --trainer.accelerator=cpu"),
     ],
 )
 def test_bad_input_fails_in_one_line_before_weights_load(extra, message, capsys, monkeypatch, tmp_path):
@@ -160,7 +163,7 @@ def test_ckpt_path_last_with_nothing_to_resume_is_one_line(capsys, monkeypatch, 
     monkeypatch.chdir(ROOT)
     code, err = fit_quickstart(capsys, tmp_path / "empty", "--ckpt_path=last")
     lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and "no last.ckpt of an earlier run" in lines[0], err
+    assert code == 2 and len(lines) == 1 and "of an earlier run" in lines[0], err
 
 
 @pytest.mark.parametrize(
@@ -174,3 +177,76 @@ def test_resuming_another_experiments_checkpoint_is_refused(change, message, cap
     code, err = fit_quickstart(capsys, runs, "--trainer.max_epochs=2", "--ckpt_path=last", change)
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and "Traceback" not in err and lines[-1].startswith("selu: error:") and message in lines[-1], err
+
+
+
+def test_version(capsys):
+    from selu_lightning import __version__
+
+    code, out, _ = run_cli(["--version"], capsys)
+    assert code == 0 and __version__ in out
+
+
+def test_predict_writes_one_record_per_episode(capsys, monkeypatch, tmp_path):
+    import json
+
+    monkeypatch.chdir(ROOT)
+    with pytest.warns(UserWarning, match="without --ckpt_path"):
+        main(["predict", "-c", "configs/quickstart.yaml", f"--trainer.logger.init_args.save_dir={tmp_path}",
+              "--data.test_episodes=6", "--data.eval_num_envs=4", "--trainer.enable_progress_bar=false"])  # fmt: skip
+    (path,) = tmp_path.rglob("predictions.jsonl")
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(records) == 6 and {"seed", "return", "length", "success"} <= set(records[0])
+    assert len({r["seed"] for r in records}) == 6
+
+
+def test_a_run_without_a_logger_writes_no_config_into_the_working_directory(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.yaml").write_text("mine: true\n")
+    main(["fit", "-c", str(ROOT / "configs/quickstart.yaml"), "--trainer.logger=false", *TINY_RUN,
+          "--trainer.max_epochs=1"])  # fmt: skip
+    assert (tmp_path / "config.yaml").read_text() == "mine: true\n"
+
+
+def test_an_env_with_instructions_warns_when_the_template_hides_them():
+    from selu_lightning.action_spaces import CandidateActionSpace
+    from selu_lightning.envs.base import env_class
+
+    with pytest.warns(UserWarning, match=r"no \{goal\} field"):
+        CandidateActionSpace(template="{state} {actions}").check_env(env_class("virtualhome"))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        CandidateActionSpace(template="{goal} {state} {actions}").check_env(env_class("virtualhome"))
+        CandidateActionSpace(template="{state} {actions}").check_env(env_class("numberline"))
+
+
+def test_sigterm_leaves_a_checkpoint_that_resumes(tmp_path):
+    """What a cluster scheduler sends: the run stops, leaves last.ckpt, and --ckpt_path last continues it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "selu_lightning", "fit", "-c", "configs/quickstart.yaml",
+           f"--trainer.logger.init_args.save_dir={runs}", *TINY_RUN, "--trainer.max_epochs=1000"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(runs.glob("quickstart/version_0/checkpoints/last.ckpt")):
+        time.sleep(0.5)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "stopped by SIGTERM" in err, err[-2000:]
+    ckpt = runs / "quickstart/version_0/checkpoints/interrupted.ckpt"
+    assert ckpt.is_file()
+    import torch
+
+    stopped_at = torch.load(ckpt, weights_only=False)["global_step"]
+    resumed = subprocess.run(cmd[:-1] + [f"--trainer.max_epochs={stopped_at + 2}", "--ckpt_path=last"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert torch.load(runs / "quickstart/version_1/checkpoints/last.ckpt", weights_only=False)["global_step"] > stopped_at

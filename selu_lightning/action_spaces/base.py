@@ -96,7 +96,15 @@ class ActionSpace(nn.Module, ABC):
         return prompts
 
     def check_env(self, env_cls: type[TextVisualEnv]) -> None:
-        """Fail in one line when this action space cannot work with the env class."""
+        """Fail in one line when this action space cannot work with the env class; warn when its prompt would
+        never show the episode's instruction."""
+        if getattr(env_cls, "has_goal", False) and "{goal}" not in self.template:
+            from lightning.pytorch.utilities import rank_zero_warn
+
+            rank_zero_warn(
+                f"{env_cls.__name__} gives each episode an instruction, but the action space's template has no "
+                "{goal} field: the policy never sees the task (add {goal} to model.action_space.init_args.template)"
+            )
         if self.requires_legal_actions and not env_cls.has_legal_actions:
             raise ConfigError(
                 f"{type(self).__name__} needs an env that lists its legal actions; "

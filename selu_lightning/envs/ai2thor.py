@@ -121,6 +121,7 @@ class AI2ThorEnv(TextVisualEnv):
     fixes the scene and/or task (names as in the actions, resolved over all objects).
     """
 
+    has_goal = True
     task_description = (
         "You are a household robot in an AI2-THOR kitchen. The image is your first-person view. Do the task in "
         "at most 10 actions: move and turn to find objects, then act on the objects you can see by name: pick up "

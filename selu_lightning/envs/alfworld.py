@@ -384,6 +384,7 @@ class AlfWorldEnv(TextVisualEnv):
     cold, clean, on). In the middle of the room it shows the receptacle types around, with counts.
     """
 
+    has_goal = True
     task_description = (
         "You are a household robot in the ALFRED embodied environment, playing ALFWorld. The image sketches where you "
         "are and what you can see: the receptacles next to you (open or closed), the objects in them and what you "

@@ -73,6 +73,7 @@ class BabyAIEnv(TextVisualEnv):
     "You carry: nothing."``: at most ``max_listed`` visible objects, nearest first, with steps ahead and left/right.
     """
 
+    has_goal = True
     task_description = (
         "You control an agent (the red triangle) in a BabyAI grid world, seen from above. Each action is one of: "
         '"turn left" or "turn right" (turn 90 degrees in place), "go forward" (move one cell in the direction the '

@@ -28,6 +28,8 @@ class TextVisualEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"]}
     #: Whether ``info["legal_actions"]`` lists every legal action (``CandidateActionSpace`` needs it).
     has_legal_actions: ClassVar[bool] = True
+    #: Whether each episode has its own instruction in ``info["goal"]`` (a prompt must show ``{goal}``).
+    has_goal: ClassVar[bool] = False
     #: One paragraph of rules the policy prompt starts with.
     task_description: ClassVar[str] = ""
     #: How a checkpoint keeps this env mid-episode (``EnvPool.snapshot``). ``"replay"``: the seed (or RNG state)

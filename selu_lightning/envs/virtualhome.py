@@ -150,6 +150,7 @@ class VirtualHomeEnv(TextVisualEnv):
     them (a task must be feasible from that start).
     """
 
+    has_goal = True
     task_description = (
         "You control a person in a house (VirtualHome). You see the room you are in, the objects in it with "
         "their states (open/closed, on/off) and places, and what you hold. Use one of the listed actions: "
