@@ -240,3 +240,22 @@ def test_auto_keeps_whichever_is_smaller():
     assert policy.config.frames_in_buffer == "auto"
     big = policy.encode_prompt(user_message("x", True), np.zeros((300, 300, 3), np.uint8))
     assert FRAME_KEY not in big and "pixel_values" in big
+
+
+def test_last_value_skips_newer_runs_that_did_not_log_the_tag(tmp_path):
+    """The README's read-back command still works after a `selu predict` run wrote an event file without it."""
+    import time
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    from selu_lightning.tb import last_value
+
+    with SummaryWriter(tmp_path / "version_0") as w:
+        w.add_scalar("val/success_rate", 0.5, 1)
+        w.add_scalar("val/success_rate", 0.9, 2)
+    time.sleep(0.05)
+    with SummaryWriter(tmp_path / "version_1") as w:
+        w.add_scalar("other", 1.0, 1)
+    assert last_value(tmp_path, "val/success_rate") == pytest.approx(0.9)
+    with pytest.raises(KeyError):
+        last_value(tmp_path, "nope")
