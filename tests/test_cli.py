@@ -224,7 +224,6 @@ def test_an_env_with_instructions_warns_when_the_template_hides_them():
 
 def test_sigterm_leaves_a_checkpoint_that_resumes(tmp_path):
     """What a cluster scheduler sends: the run stops, leaves last.ckpt, and --ckpt_path last continues it."""
-    import os
     import signal
     import subprocess
     import sys

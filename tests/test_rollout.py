@@ -1,8 +1,6 @@
 """collect_rollout's assembly by hand: auto-reset, termination vs truncation bootstrap, recorded trajectories."""
 
 import numpy as np
-import pytest
-import torch
 
 from selu_lightning.action_spaces.base import Decision
 from selu_lightning.data.rollout import collect_rollout

@@ -259,3 +259,15 @@ def test_last_value_skips_newer_runs_that_did_not_log_the_tag(tmp_path):
     assert last_value(tmp_path, "val/success_rate") == pytest.approx(0.9)
     with pytest.raises(KeyError):
         last_value(tmp_path, "nope")
+
+
+def test_a_hub_id_without_network_fails_at_once_in_one_line(monkeypatch):
+    import socket
+
+    def unreachable(*args, **kwargs):  # test double for a machine with no network
+        raise OSError("network is unreachable")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    with pytest.raises(ConfigError, match="the hub cannot be reached"):
+        PolicyConfig("some-org/not-cached-anywhere-7b")

@@ -426,11 +426,17 @@ def _check_model_source(name: str) -> None:
             raise ConfigError(f"model path {name!r} exists but has no config.json: not a transformers checkpoint")
         return
     if _HUB_ID.match(name) and not name.startswith((".", "/", "~")):
-        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
-            from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub import try_to_load_from_cache
 
-            if not isinstance(try_to_load_from_cache(name, "config.json"), str):
-                raise ConfigError(f"model {name!r} is not a local folder and not in the hub cache (HF_HUB_OFFLINE is set)")
+        if isinstance(try_to_load_from_cache(name, "config.json"), str):
+            return  # in the local hub cache
+        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
+            raise ConfigError(f"model {name!r} is not a local folder and not in the hub cache (HF_HUB_OFFLINE is set)")
+        if not _hub_reachable():
+            raise ConfigError(
+                f"model {name!r} is not a local folder, not in the hub cache, and the hub cannot be reached: "
+                "download it where there is a network (huggingface-cli download) or pass a local folder"
+            )
         return  # a hub id such as llava-hf/llava-v1.6-mistral-7b-hf: transformers fetches it
     raise ConfigError(f"model path {name!r} does not exist (expected a checkpoint folder, a hub id or tiny:<arch>)")
 
@@ -470,6 +476,22 @@ def unused_vision_modules(hf: nn.Module) -> list[str]:
                 names.append(f"{prefix}.{norm}")
         break
     return names
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One TCP connection to the hub's endpoint, so an offline machine fails in seconds, not after a minute of
+    retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
 
 
 def lora_target_modules(
