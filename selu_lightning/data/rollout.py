@@ -220,6 +220,7 @@ class RolloutDataModule(L.LightningDataModule):
         eval_greedy: bool = True,
         num_examples: int = 4,
         keep_frames: bool = True,
+        record_to: str | None = None,
     ) -> None:
         """
         Args:
@@ -241,6 +242,8 @@ class RolloutDataModule(L.LightningDataModule):
             num_examples: Steps of env 0 kept per epoch (frame + generated text) for TensorBoard.
             keep_frames: Keep every step's frame in the recorded trajectories (reward sources, stores); false
                 keeps only each episode's final frame.
+            record_to: A folder: every training episode that finishes is appended to a TrajectoryStore there
+                (``<record_to>/rank<r>``), once per epoch, atomically (for SFT, critic data, analysis).
         """
         super().__init__()
         env_class(env)  # unknown names fail here, before any model loads
@@ -265,6 +268,8 @@ class RolloutDataModule(L.LightningDataModule):
         self.eval_greedy = eval_greedy
         self.num_examples = num_examples
         self.keep_frames = keep_frames
+        self.record_to = record_to
+        self._store: Any = None
         self.pool: EnvPool | None = None
         self.eval_pool: EnvPool | None = None
         self.rng: np.random.Generator | None = None
@@ -338,7 +343,23 @@ class RolloutDataModule(L.LightningDataModule):
         # Lightning reports differently while it restores a run.
         rollout.shuffle_seed = int(self.rng.integers(2**63 - 1))
         self.last_rollout = rollout
+        if self.record_to is not None and rollout.trajectories:
+            self._trajectory_store().append(rollout.trajectories)
         return rollout
+
+    def _trajectory_store(self) -> Any:
+        if self._store is None:
+            import os
+
+            from selu_lightning.data.store import TrajectoryStore
+
+            module = self.trainer.lightning_module if self.trainer is not None else None
+            policy = getattr(getattr(module, "policy", None), "config", None)
+            self._store = TrajectoryStore(
+                os.path.join(self.record_to, f"rank{self._rank}"), env=self.env, env_kwargs=self.env_kwargs,
+                policy=getattr(policy, "model_name_or_path", type(module).__name__),
+            )  # fmt: skip
+        return self._store
 
     # ------------------------------------------------------------------ evaluation
     def eval_seeds(self, stage: str) -> list[list[int]]:

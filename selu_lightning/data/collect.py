@@ -1,0 +1,103 @@
+"""Demonstrations on disk: a scripted expert plays seeded episodes and a TrajectoryStore keeps them.
+
+    python -m selu_lightning.data.collect --env numberline --episodes 500 --noise 0.2 --out demos/numberline
+
+Each step records the frame, the observation text, the prompt the chosen action space would send, the expert's
+reply in that action space's format (RL4VLM's JSON for ``text``, the bare action for ``candidates``), the env
+action and reward; the simulator's success goes to the store's ground-truth field, which training never reads.
+Episodes are appended in batches, each batch atomically: a killed collection keeps every batch before it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Iterator, Literal
+
+import numpy as np
+from tqdm import tqdm
+
+from selu_lightning.data.store import TrajectoryStore
+from selu_lightning.data.trajectories import EpisodeRecorder, Trajectory
+from selu_lightning.envs.base import make_env
+from selu_lightning.envs.pool import seed_stream
+
+__all__ = ["collect_expert_episodes", "main"]
+
+
+def collect_expert_episodes(
+    env: str,
+    episodes: int,
+    *,
+    noise: float = 0.0,
+    reply: Literal["text", "candidates"] = "text",
+    template: str | None = None,
+    env_kwargs: dict[str, Any] | None = None,
+    seed: int = 0,
+    max_steps: int = 1000,
+    progress: bool = False,
+) -> Iterator[Trajectory]:
+    """``episodes`` whole episodes of the env's expert, yielded as each ends, each from its own seed (stream
+    ``"demo"``, never a training or evaluation seed). ``template``: the prompt wording (default: the action
+    space's)."""
+    from selu_lightning.action_spaces import CandidateActionSpace, TextActionSpace
+    from selu_lightning.experts import expert_for, format_candidate, format_json
+
+    space = TextActionSpace() if reply == "text" else CandidateActionSpace()
+    if template is not None:
+        space.template = template
+    kwargs = dict(env_kwargs or {})
+    game = make_env(env, **kwargs)
+    expert = expert_for(env, noise=noise, **({"arithmetic": kwargs["arithmetic"]} if "arithmetic" in kwargs else {}))
+    rng = np.random.default_rng(seed_stream(seed, "demo"))
+    seeds = seed_stream(seed, "demo", 1).generate_state(episodes)
+    recorder = EpisodeRecorder(1, f"demo-{env}")
+    done = 0
+    bar = tqdm(total=episodes, unit="episode", disable=not progress, desc=f"{env} expert")
+    successes = 0
+    for episode_seed in seeds:
+        obs, info = game.reset(seed=int(episode_seed))
+        for t in range(max_steps):
+            legal = list(info.get("legal_actions", []))
+            step = expert.act(obs["text"], info, legal, rng)
+            prompt = space.prompt_text(game.task_description, obs["text"], info.get("goal", ""), legal)
+            response = format_json(step) if reply == "text" else format_candidate(step)
+            next_obs, reward, terminated, truncated, next_info = game.step(step.action)
+            recorder.step(0, obs["image"], obs["text"], info.get("goal", ""), prompt, response, step.action, reward,
+                          seed=int(episode_seed))  # fmt: skip
+            obs, info = next_obs, next_info
+            if terminated or truncated:
+                break
+        success = bool(info.get("success", False))
+        successes, done = successes + success, done + 1
+        bar.update(1)
+        bar.set_postfix(success=f"{successes / done:.2f}")
+        yield recorder.finish(0, obs["image"], obs["text"], None, truncated=not terminated,
+                              ground_truth={"success": success})  # fmt: skip
+    bar.close()
+    game.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Collect scripted-expert demonstrations into a TrajectoryStore.")
+    parser.add_argument("--env", required=True, help="numberline, ezpoints, points24 or blackjack")
+    parser.add_argument("--episodes", type=int, default=500)
+    parser.add_argument("--noise", type=float, default=0.0, help="probability of a wrong action with matching wrong reasoning")
+    parser.add_argument("--reply", choices=["text", "candidates"], default="text")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch", type=int, default=50, help="episodes per atomic append")
+    parser.add_argument("--out", required=True, help="the store's folder")
+    args = parser.parse_args(argv)
+    store = TrajectoryStore(args.out, env=args.env, env_kwargs={}, policy=f"expert(noise={args.noise}, reply={args.reply})")
+    pending: list[Trajectory] = []
+    for trajectory in collect_expert_episodes(args.env, args.episodes, noise=args.noise, reply=args.reply,
+                                              seed=args.seed, progress=True):  # fmt: skip
+        pending.append(trajectory)
+        if len(pending) == args.batch:
+            store.append(pending)  # atomic: a kill loses at most the batch in flight
+            pending = []
+    store.append(pending)
+    print(f"{len(store)} episodes in {args.out}")
+
+
+if __name__ == "__main__":
+    main()
