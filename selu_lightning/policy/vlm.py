@@ -18,6 +18,7 @@ Two operations serve every action space:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from contextlib import contextmanager
@@ -143,6 +144,10 @@ class PolicyConfig:
     """e.g. sdpa, flash_attention_2, eager; null: transformers' default."""
     processor_kwargs: dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments for AutoProcessor.from_pretrained."""
+    init_from: str | None = None
+    """A checkpoint (``.ckpt`` of ActorSFT, ActorPPO, ...) whose trained weights (LoRA adapters, or every weight
+    without LoRA, and heads) start this run: e.g. the SFT stage's ``last.ckpt`` for PPO. Its model and LoRA
+    settings must match these; a head it lacks (PPO's value head after SFT) starts fresh."""
     frames_in_buffer: Literal["auto", "uint8", "pixel_values"] = "auto"
     """How stored prompts keep their image. ``uint8``: the frame itself (270 KB at 300x300), turned into pixel
     values again whenever it is scored (the image processor is deterministic; checked on the first frame,
@@ -152,6 +157,8 @@ class PolicyConfig:
 
     def __post_init__(self) -> None:
         _check_model_source(self.model_name_or_path)
+        if self.init_from is not None and not os.path.isfile(os.path.expanduser(self.init_from)):
+            raise ConfigError(f"model.policy.init_from {self.init_from!r} is not a checkpoint file")
         if self.freeze and self.lora is not None:
             raise ConfigError("model.policy.freeze applies to full fine-tuning; with LoRA choose model.policy.lora.targets")
 
@@ -213,6 +220,8 @@ class VLMPolicy(nn.Module):
             self.model = hf
         if cfg.value_head_widths is not None:
             self.value_head = ValueHead(_hidden_size(hf.config), cfg.value_head_widths)
+        if cfg.init_from is not None:
+            self._init_from(os.path.expanduser(cfg.init_from))
         # from_pretrained returns eval mode; train mode lets dropout act where it is asked for
         # (rollouts and scoring switch it off explicitly).
         self.model.train()
@@ -221,6 +230,24 @@ class VLMPolicy(nn.Module):
         self.eos_token_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
         if not self.eos_token_ids and self.tokenizer.eos_token_id is not None:
             self.eos_token_ids = {self.tokenizer.eos_token_id}
+
+    def _init_from(self, path: str) -> None:
+        """Load a checkpoint's trained weights (keys ``policy.*`` of a module's state_dict) into this policy."""
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        saved = checkpoint.get("selu_policy_config") or {}
+        for key in ("model_name_or_path", "lora"):
+            mine = dataclasses.asdict(self.config).get(key)
+            if key in saved and saved[key] != mine:
+                raise ConfigError(
+                    f"model.policy.init_from was trained with model.policy.{key}={saved[key]!r}, this run has {mine!r}"
+                )
+        weights = {k[len("policy."):]: v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith("policy.")}
+        try:
+            missing, unexpected = self.load_state_dict(weights, strict=False)
+        except RuntimeError as err:
+            raise ConfigError(f"model.policy.init_from {path!r} does not fit this model: {err}") from None
+        if not weights or len(unexpected) == len(weights):
+            raise ConfigError(f"model.policy.init_from {path!r} holds no weights of this policy")
 
     @property
     def tokenizer(self) -> Any:

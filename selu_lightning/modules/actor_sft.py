@@ -1,0 +1,108 @@
+"""ActorSFT: supervised fine-tuning of the policy on recorded episodes (RL4VLM's first stage; SELU's actor
+improvement on the trajectories its critic accepts).
+
+1. data      :meth:`build_train_data` turns episodes (a TrajectoryStore's, or a rollout's finished ones) into
+             (prompt, response) examples: the prompt as the episode recorded it (frame + text), the response's
+             tokens followed by EOS. Ground truth is never read.
+2. update    :meth:`training_step`: next-token cross-entropy on the response tokens only (prompt and image
+             tokens carry no loss), one mean over every response token of the minibatch, fp32.
+3. evaluate  held-out episodes played greedily by the policy, exactly as ActorPPO's (``val/success_rate``).
+Its checkpoint starts an ActorPPO run through ``model.policy.init_from``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Sequence
+
+import torch
+from jsonargparse import lazy_instance
+from torch.utils.data import DataLoader
+
+from selu_lightning.action_spaces.base import ActionSpace, user_message
+from selu_lightning.action_spaces.text import TextActionSpace
+from selu_lightning.data.trajectories import Trajectory
+from selu_lightning.errors import ConfigError
+from selu_lightning.modules.agent import VLMAgent, eval_mode
+from selu_lightning.policy.vlm import PolicyConfig
+
+__all__ = ["ActorSFT"]
+
+
+class ActorSFT(VLMAgent):
+    def __init__(
+        self,
+        policy: PolicyConfig,
+        action_space: ActionSpace = lazy_instance(TextActionSpace),
+        minibatch_size: int = 16,
+        lr: float = 1e-4,
+        lr_min: float = 1e-6,
+        lr_schedule: Literal["cosine", "constant"] = "cosine",
+        lr_schedule_updates: int | None = None,
+        weight_decay: float = 0.0,
+        max_nonfinite_steps: int = 5,
+        seed: int = 0,
+    ) -> None:
+        """
+        Args:
+            policy: The VLM policy: checkpoint, dtype, LoRA (no value head needed: ``value_head_widths: null``).
+            action_space: How the policy acts in held-out evaluation; its image setting decides whether
+                examples carry their frame.
+            minibatch_size: Examples (steps) per training step (per rank).
+            lr: Peak learning rate (AdamW).
+            lr_min: Final learning rate of the cosine schedule.
+            lr_schedule: ``cosine`` from lr to lr_min over the run's epochs, or ``constant``.
+            lr_schedule_updates: Length of the cosine schedule in epochs; null: from what bounds the run.
+            weight_decay: AdamW weight decay.
+            max_nonfinite_steps: Optimizer steps with NaN/inf gradients are skipped; this many in a row stop the run.
+            seed: Seeds the order of examples (with the rank).
+        """
+        super().__init__(policy, action_space)
+        self.save_hyperparameters(ignore=["policy", "action_space"])
+        if minibatch_size < 1:
+            raise ConfigError(f"model.minibatch_size must be >= 1 (got {minibatch_size})")
+        self._loader: DataLoader | None = None
+
+    # ------------------------------------------------------------------ episodes -> examples
+    def build_train_data(self, episodes: Any) -> DataLoader:
+        """Examples from every step of the given episodes (a list of Trajectory, or a Rollout's finished
+        ones), shuffled each epoch with a seeded generator. Built once per set of episodes."""
+        trajectories: Sequence[Trajectory] = getattr(episodes, "trajectories", episodes)
+        examples = [self._example(step) for traj in trajectories for step in traj.steps]
+        if not examples:
+            raise ConfigError("ActorSFT got no demonstration steps to train on")
+        rank = self.global_rank if self._trainer is not None else 0
+        generator = torch.Generator().manual_seed(int(self.hparams.seed) * 1000003 + rank)
+        return DataLoader(
+            examples, batch_size=self.hparams.minibatch_size, shuffle=True, generator=generator,
+            collate_fn=lambda items: {"samples": list(items)},
+        )  # fmt: skip
+
+    def _example(self, step: Any) -> dict[str, Any]:
+        """One recorded step as the policy would see it, and the tokens it should write (then EOS)."""
+        policy = self.policy
+        frame = step.frame if self.action_space.with_image else None
+        if self.action_space.with_image and frame is None:
+            raise ConfigError("the action space puts the frame in the prompt, but the recorded step has no frame")
+        prompt = policy.encode_prompt(user_message(step.prompt, self.action_space.with_image), frame)
+        ids = policy.tokenizer(step.response, add_special_tokens=False)["input_ids"]
+        eos = next(iter(policy.eos_token_ids))
+        return {"prompt": prompt, "response": torch.tensor([*ids, eos], dtype=torch.long)}
+
+    # ------------------------------------------------------------------ update
+    def sft_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Mean next-token cross-entropy over every response token of the minibatch (fp32), and token accuracy."""
+        samples = batch["samples"]
+        with eval_mode(self, self._update_eval_modules()):
+            out = self.policy.backbone([s["prompt"] for s in samples], [s["response"] for s in samples])
+            logprobs, _ = self.policy.continuation_logprobs(out, [s["response"] for s in samples])
+        tokens = torch.cat(logprobs)
+        loss = -tokens.float().mean()
+        with torch.no_grad():
+            stats = {"token_logprob_min": tokens.min(), "tokens": torch.tensor(float(tokens.numel()))}
+        return loss, stats
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss, stats = self.sft_loss(batch)
+        n = len(batch["samples"])
+        self.log("train/loss_sft", loss.detach(), on_epoch=True, on_step=False, batch_size=n, sync_dist=True, prog_bar=True)
+        return loss
