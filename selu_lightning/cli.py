@@ -106,9 +106,7 @@ class SeluCLI(LightningCLI):
         # deletes that file again when a run ends without an exception, so it must not be last.ckpt.)
         callbacks = [c for c in self.trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
         if callbacks:
-            self.trainer.callbacks.append(
-                OnExceptionCheckpoint(dirpath=_checkpoint_dir(self.trainer), filename=INTERRUPTED)
-            )
+            self.trainer.callbacks.append(InterruptCheckpoint(dirpath=_checkpoint_dir(self.trainer), filename=INTERRUPTED))
 
     def _evaluate_trained(self) -> None:
         self._prepare_checkpoints()
@@ -190,6 +188,16 @@ def _checkpoint_dir(trainer: L.Trainer) -> str:
 INTERRUPTED = "interrupted"
 
 
+class InterruptCheckpoint(OnExceptionCheckpoint):
+    """Saves on Ctrl-C and SIGTERM (every rank gets those, so all join the save's collectives), and on any
+    other exception only in a single-process run: under DDP a crash on one rank must end the job, not wait in
+    a collective that the other ranks never enter."""
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if trainer.world_size == 1 or isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
+            super().on_exception(trainer, pl_module, exception)
+
+
 def latest_run_checkpoint(trainer: L.Trainer) -> str:
     """The newest ``last.ckpt`` (or ``interrupted.ckpt``) of this config's runs:
     ``<save_dir>/<name>/version_*/checkpoints/`` with a logger, ``<default_root_dir>/checkpoints/`` without."""
@@ -197,11 +205,14 @@ def latest_run_checkpoint(trainer: L.Trainer) -> str:
 
     logger = trainer.logger
     if logger is not None and getattr(logger, "root_dir", None):
-        folder, where = os.path.join(logger.root_dir, "version_*", "checkpoints"), logger.root_dir
+        folders, where = [os.path.join(logger.root_dir, "version_*", "checkpoints")], logger.root_dir
     else:
-        folder = where = os.path.join(trainer.default_root_dir, "checkpoints")
+        folders = [os.path.join(trainer.default_root_dir, "checkpoints")]
+        where = folders[0]
+    # a checkpoint folder the config names itself (ModelCheckpoint dirpath) is this config's too
+    folders += [c.dirpath for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.dirpath]
     names = ("last.ckpt", f"{INTERRUPTED}.ckpt")
-    found = sorted((p for n in names for p in glob.glob(os.path.join(folder, n))), key=os.path.getmtime)
+    found = sorted({p for f in folders for n in names for p in glob.glob(os.path.join(f, n))}, key=os.path.getmtime)
     if not found:
         raise ConfigError(f"--ckpt_path last: no last.ckpt (or {INTERRUPTED}.ckpt) of an earlier run in {where}")
     return found[-1]

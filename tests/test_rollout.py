@@ -105,13 +105,19 @@ def test_recorder_state_survives_a_checkpoint_without_frames():
 def test_episode_end_reward_goes_to_each_finished_episodes_last_step():
     from selu_lightning.rewards import EpisodeEndReward
 
+    seen = []
+
     class StepCountReward(EpisodeEndReward):
         """Test double: rewards an episode with minus its length (a judge that never reads ground truth)."""
 
         def score_episodes(self, trajectories):
+            seen.extend(trajectories)
             return [-float(len(t.steps)) for t in trajectories]
 
     pool = EnvPool("test-scripted-episodes", 1, seed=0)
     pool.reset()
     r = collect_rollout(ScriptedAgent(), pool, 6, np.random.default_rng(0), recorder=EpisodeRecorder(1, "x"))
     assert StepCountReward().rewards(r)[:, 0].tolist() == [0.0, -2.0, 0.0, 0.0, -3.0, 0.0]
+    # the judge sees no ground truth and no env reward (invariant 7), the rollout's own records are untouched
+    assert all(t.ground_truth == {} and all(s.reward != s.reward for s in t.steps) for t in seen)
+    assert r.trajectories[0].ground_truth == {"success": True} and r.trajectories[0].steps[0].reward == 1.0

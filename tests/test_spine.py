@@ -271,3 +271,29 @@ def test_a_hub_id_without_network_fails_at_once_in_one_line(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", unreachable)
     with pytest.raises(ConfigError, match="the hub cannot be reached"):
         PolicyConfig("some-org/not-cached-anywhere-7b")
+
+
+def test_sigterm_stops_a_rollout_at_the_next_step():
+    """A scheduler's grace period is shorter than a 7B rollout: the runner does not wait for its end."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from selu_lightning.data.rollout import _rollout_progress
+
+    trainer = SimpleNamespace(received_sigterm=False, progress_bar_callback=None)
+    progress = _rollout_progress(trainer)
+    progress(1, 8, 0, 0)
+    trainer.received_sigterm = True
+    with pytest.raises(SIGTERMException):
+        progress(2, 8, 0, 0)
+
+
+@pytest.mark.parametrize("world, exception, saves", [
+    (1, RuntimeError("env bug"), True), (2, RuntimeError("env bug"), False), (2, KeyboardInterrupt(), True),
+])  # fmt: skip
+def test_interrupt_checkpoint_never_waits_on_ranks_that_did_not_fail(world, exception, saves, tmp_path):
+    from selu_lightning.cli import InterruptCheckpoint
+
+    saved = []
+    trainer = SimpleNamespace(world_size=world, save_checkpoint=lambda path: saved.append(path))
+    InterruptCheckpoint(dirpath=str(tmp_path), filename="interrupted").on_exception(trainer, None, exception)
+    assert bool(saved) == saves

@@ -29,8 +29,8 @@ def token_weights(prefix_lengths: Sequence[int], boundary: int | None, cot_weigh
     """
     ends = torch.as_tensor(list(prefix_lengths), dtype=torch.long)
     if boundary is None:
-        return torch.full(ends.shape, float(cot_weight))
-    weights = torch.full(ends.shape, float(cot_weight))
+        return torch.full(ends.shape, float(cot_weight), dtype=torch.float32)
+    weights = torch.full(ends.shape, float(cot_weight), dtype=torch.float32)
     weights[ends > boundary] = 1.0
     return weights
 

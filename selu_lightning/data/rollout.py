@@ -27,7 +27,7 @@ from selu_lightning.errors import ConfigError
 from selu_lightning.action_spaces.base import Decision
 from selu_lightning.data.trajectories import EpisodeRecorder, Trajectory
 from selu_lightning.envs.base import env_class
-from selu_lightning.envs.pool import EnvPool, EnvState, seed_stream
+from selu_lightning.envs.pool import EnvCrashed, EnvPool, EnvState, seed_stream
 
 __all__ = ["Agent", "Rollout", "EvalEpisodes", "collect_rollout", "play_episodes", "RolloutDataModule"]
 
@@ -388,9 +388,13 @@ class RolloutDataModule(L.LightningDataModule):
     def state_dict(self) -> dict[str, Any]:
         """Every rank's rollout state (envs mid-episode, episodes in flight, samplers, RNGs), gathered so one
         file resumes all ranks. Every rank calls this at the same point (the checkpoint callback)."""
+        try:
+            pool = self.pool.snapshot() if self.pool is not None else None
+        except EnvCrashed:  # a dead worker: weights still resume, the envs restart fresh
+            pool = None
         mine = pickle.dumps(
             {
-                "pool": self.pool.snapshot() if self.pool is not None else None,
+                "pool": pool,
                 "recorder": self.recorder.state_dict() if self.recorder is not None else None,
                 "rng": self.rng.bit_generator.state if self.rng is not None else None,
                 "torch_rng": torch.get_rng_state(),
@@ -442,6 +446,18 @@ def _identity(batch: Any) -> Any:
 
 
 def _rollout_progress(trainer: Any) -> ProgressFn | None:
-    """The progress bar's rollout hook, when the trainer's progress bar has one."""
-    bar = getattr(trainer, "progress_bar_callback", None) if trainer is not None else None
-    return getattr(bar, "rollout_progress", None)
+    """After each rollout step: stop at once on SIGTERM (a scheduler's grace period is shorter than a 7B
+    rollout; Lightning itself checks only between training batches), then the progress bar's rollout hook."""
+    if trainer is None:
+        return None
+    bar = getattr(getattr(trainer, "progress_bar_callback", None), "rollout_progress", None)
+
+    def progress(steps: int, total: int, episodes: int, successes: int) -> None:
+        if getattr(trainer, "received_sigterm", False):
+            from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+            raise SIGTERMException()
+        if bar is not None:
+            bar(steps, total, episodes, successes)
+
+    return progress

@@ -42,11 +42,12 @@ class Trajectory:
     """The observation the last action led to (what a critic judges)."""
     final_observation: str = ""
     seed: int | None = None
-    """The reset seed when the episode started from one (the first episode of each env, evaluation)."""
+    """The reset seed when the episode started from one (demonstrations, evaluation); training episodes
+    after an auto-reset continue their env's RNG and have none."""
     end: tuple[int, int] | None = None
     """``(t, env)`` of the last step in the rollout buffer it finished in (where episode-end rewards go)."""
     truncated: bool = False
-    """Cut by the env's step limit (or a worker restart) rather than ended by the task."""
+    """Cut by the env's step limit rather than ended by the task (episodes lost to a worker restart are dropped)."""
     ground_truth: dict[str, Any] = field(default_factory=dict)
     """The simulator's verdict (``success``, ...): for evaluation metrics only, never for training."""
 

@@ -176,7 +176,12 @@ class _InProcess:
 
 
 def _worker_main(conn: Any, env_cls: type, env_kwargs: dict[str, Any], snapshot: dict | None) -> None:
-    """A worker: owns one env, answers (command, argument) messages until told to close."""
+    """A worker: owns one env, answers (command, argument) messages until told to close. It ignores Ctrl-C and
+    SIGTERM (the parent closes or kills it), so an interrupted run can still snapshot its envs."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         env = _Recorder(env_cls, env_kwargs, snapshot)
     except Exception:  # the env failed to start or to replay its checkpoint: say why on the first call

@@ -202,7 +202,10 @@ class ActorPPO(VLMAgent):
         metrics["train/env_steps"] = metrics.pop("rollout/steps", 0.0) * (self.current_epoch + 1)
         metrics["train/nonfinite_steps"] = float(self._nonfinite_epoch)
         self._nonfinite_epoch = 0
-        self.log_dict(metrics, on_epoch=True, sync_dist=False, rank_zero_only=True)
+        # Already summed across ranks, so identical everywhere: logged on every rank (a monitor on any of them,
+        # e.g. ModelCheckpoint(monitor=train/success_rate), then sees the key on every rank). Explained
+        # variance is this rank's own.
+        self.log_dict(metrics, on_epoch=True, sync_dist=False)
         self._log_examples(self._examples)
 
     def _log_examples(self, examples: list[dict[str, Any]]) -> None:

@@ -172,7 +172,9 @@ class VLMAgent(L.LightningModule):
         if not grads:
             return
         total = torch.stack([g.detach().float().abs().sum() for g in grads]).sum()
-        if torch.isfinite(total):
+        # Under FSDP each rank holds a shard: every rank must take the same decision.
+        nonfinite = self._sum_across_ranks((~torch.isfinite(total)).float().reshape(1))
+        if float(nonfinite[0]) == 0:
             self._nonfinite_in_a_row = 0
             return
         for p in self.parameters():

@@ -513,6 +513,8 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
     from huggingface_hub import constants
 
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # reachable only through the proxy: leave it to the download to tell
     url = urlparse(constants.ENDPOINT)
     try:
         socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout).close()

@@ -7,6 +7,7 @@ so the env's reward is then never used for learning. Swap with ``model.reward: {
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Sequence
 
@@ -32,9 +33,18 @@ class EnvReward(RewardSource):
         return rollout.rewards.float()
 
 
+def judged_view(trajectory: Trajectory) -> Trajectory:
+    """What a judge may see of an episode: frames, prompts, responses, actions, final observation. The
+    simulator's verdict and its step rewards (in the card games the reward is the success signal) are
+    hidden: ``ground_truth`` empty, every step reward NaN."""
+    steps = [dataclasses.replace(s, reward=float("nan")) for s in trajectory.steps]
+    return dataclasses.replace(trajectory, steps=steps, ground_truth={})
+
+
 class EpisodeEndReward(RewardSource):
     """One reward per finished episode, at its last step; steps of unfinished episodes get 0 (GAE bootstraps
-    them from the value). Subclasses judge episodes from what the policy saw and did, never ground truth."""
+    them from the value). Subclasses judge episodes from what the policy saw and did: they receive
+    :func:`judged_view`s, without ground truth or env rewards."""
 
     @abstractmethod
     def score_episodes(self, trajectories: Sequence[Trajectory]) -> list[float]:
@@ -43,7 +53,7 @@ class EpisodeEndReward(RewardSource):
     def rewards(self, rollout: Rollout) -> torch.Tensor:
         out = torch.zeros_like(rollout.rewards, dtype=torch.float32)
         finished = list(rollout.trajectories)
-        scores = self.score_episodes(finished) if finished else []
+        scores = self.score_episodes([judged_view(t) for t in finished]) if finished else []
         if len(scores) != len(finished):
             raise ValueError(f"{type(self).__name__} gave {len(scores)} rewards for {len(finished)} episodes")
         for traj, score in zip(finished, scores):

@@ -8,8 +8,9 @@ __all__ = ["ppo_policy_loss", "clipped_value_loss", "k3_kl", "MAX_LOG_RATIO"]
 
 
 #: |log ratio| is clamped to this before ``exp``: a 256-token response's sequence log-ratio can reach
-#: hundreds, and exp would overflow to inf (then NaN gradients). e^20 ~ 5e8 is far outside any clip range,
-#: so the clamp never changes a loss the clip had not already flattened.
+#: hundreds, and exp would overflow to inf (then NaN gradients). e^20 ~ 5e8 is far outside any clip range;
+#: where the clip had not already flattened the loss (A < 0 and r > 1 + eps, where min picks r A) the clamp
+#: zeroes that sample's gradient past e^20, much as dual-clip PPO bounds such samples.
 MAX_LOG_RATIO = 20.0
 
 
