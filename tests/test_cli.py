@@ -249,3 +249,19 @@ def test_sigterm_leaves_a_checkpoint_that_resumes(tmp_path):
                              capture_output=True, text=True, timeout=300)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert torch.load(runs / "quickstart/version_1/checkpoints/last.ckpt", weights_only=False)["global_step"] > stopped_at
+
+
+def test_a_swapped_action_space_gets_its_own_defaults(monkeypatch, tmp_path):
+    """A YAML naming TextActionSpace gets TextActionSpace's template (asking for JSON), not a default
+    instance's; a command-line swap from a configured template takes it back with template=null."""
+    from selu_lightning.action_spaces.text import DEFAULT_TEMPLATE
+    from selu_lightning.cli import SeluCLI
+
+    monkeypatch.chdir(ROOT)
+    logs = f"--trainer.logger.init_args.save_dir={tmp_path}"
+    cli = SeluCLI(args=["-c", "configs/rl4vlm_cpu/ppo_numberline.yaml", logs], run=False)
+    assert cli.model.action_space.template == DEFAULT_TEMPLATE
+    swap = ["--model.action_space=selu_lightning.action_spaces.TextActionSpace", "--model.action_space.init_args.template=default"]
+    cli = SeluCLI(args=["-c", "configs/quickstart.yaml", logs, *swap], run=False)
+    assert type(cli.model.action_space).__name__ == "TextActionSpace"
+    assert cli.model.action_space.template == DEFAULT_TEMPLATE

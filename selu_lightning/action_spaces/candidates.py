@@ -31,14 +31,15 @@ class CandidateActionSpace(ActionSpace):
     def __init__(
         self,
         temperature: float = 1.0,
-        template: str = DEFAULT_TEMPLATE,
+        template: str = "default",
         with_image: bool = True,
         chunk_size: int = 64,
     ) -> None:
         """
         Args:
             temperature: Divides the candidate scores before the softmax.
-            template: Prompt text with ``{task}``, ``{state}``, ``{goal}``, ``{actions}`` fields.
+            template: Prompt text with ``{task}``, ``{state}``, ``{goal}``, ``{actions}`` fields; ``default``:
+                this space's own (give ``default`` when swapping from another space's configured template).
             with_image: Put the frame in the prompt.
             chunk_size: Candidates scored per forward on the prompts' KV cache. Each prompt runs once; a chunk
                 holds one copy of its prompts' cache, so smaller chunks bound memory, larger ones run faster.
@@ -49,12 +50,9 @@ class CandidateActionSpace(ActionSpace):
         if chunk_size < 1:
             raise ConfigError(f"chunk_size must be >= 1 (got {chunk_size})")
         self.temperature = temperature
-        self.template = template
+        self.template = DEFAULT_TEMPLATE if template == "default" else template
         self.with_image = with_image
         self.chunk_size = chunk_size
-
-    def prompt_text(self, task: str, state: str, goal: str, legal_actions: Sequence[str]) -> str:
-        return self.template.format(task=task, state=state, goal=goal, actions=", ".join(legal_actions))
 
     def candidate_ids(self, policy: VLMPolicy, actions: Sequence[str]) -> list[torch.Tensor]:
         eos = policy.tokenizer.eos_token_id

@@ -48,7 +48,7 @@ class TextActionSpace(ActionSpace):
         temperature: float = 0.2,
         max_new_tokens: int = 256,
         cot_weight: float = 0.5,
-        template: str = DEFAULT_TEMPLATE,
+        template: str = "default",
         with_image: bool = True,
         min_new_tokens: int = 0,
         parse_failure: Literal["random_action", "mask_from_loss"] = "random_action",
@@ -60,7 +60,8 @@ class TextActionSpace(ActionSpace):
             max_new_tokens: Longest response; a response cut here usually fails to parse.
             cot_weight: RL4VLM's lambda, the weight of chain-of-thought tokens in the log-prob (0.5 cards,
                 0.2 ALFWorld). 1 treats every token alike; 0 ignores the reasoning.
-            template: Prompt text with ``{task}``, ``{state}``, ``{goal}``, ``{actions}`` fields.
+            template: Prompt text with ``{task}``, ``{state}``, ``{goal}``, ``{actions}`` fields; ``default``:
+                this space's own (give ``default`` when swapping from another space's configured template).
             with_image: Put the frame in the prompt.
             min_new_tokens: Generate at least this many tokens (EOS is blocked until then, in sampling and in
                 scoring alike). Benchmarks use it to fix the generation length; 0 lets the model stop when it likes.
@@ -83,7 +84,7 @@ class TextActionSpace(ActionSpace):
         self.temperature = temperature
         self.max_new_tokens = max_new_tokens
         self.cot_weight = cot_weight
-        self.template = template
+        self.template = DEFAULT_TEMPLATE if template == "default" else template
         self.with_image = with_image
         self.min_new_tokens = min_new_tokens
         self.parse_failure = parse_failure

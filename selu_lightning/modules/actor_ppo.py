@@ -33,7 +33,7 @@ class ActorPPO(VLMAgent):
     def __init__(
         self,
         policy: PolicyConfig,
-        action_space: ActionSpace = lazy_instance(CandidateActionSpace),
+        action_space: ActionSpace | None = None,
         reward: RewardSource = lazy_instance(EnvReward),
         gamma: float = 0.9,
         gae_lambda: float = 0.95,
@@ -58,7 +58,9 @@ class ActorPPO(VLMAgent):
         """
         Args:
             policy: The VLM policy: checkpoint, dtype, LoRA, value head.
-            action_space: How output becomes env actions: ``TextActionSpace`` (RL4VLM) or ``CandidateActionSpace``.
+            action_space: How output becomes env actions: ``TextActionSpace`` (RL4VLM) or ``CandidateActionSpace``
+                (null: ``CandidateActionSpace()``). No default instance, so a YAML naming another class gets that
+                class's own defaults, not the default's (jsonargparse carries init_args across a class_path change).
             reward: What steps are rewarded with for learning: ``EnvReward`` (the simulator's, default) or an
                 ``EpisodeEndReward`` that judges whole episodes (e.g. a critic's verdict).
             gamma: Discount factor.
@@ -87,7 +89,7 @@ class ActorPPO(VLMAgent):
                 (``train/nonfinite_steps``); this many in a row stop the run with an error.
             log_examples_every_n_epochs: Log frames with generated text to TensorBoard this often (0: never).
         """
-        super().__init__(policy, action_space)
+        super().__init__(policy, action_space if action_space is not None else CandidateActionSpace())
         self.save_hyperparameters(ignore=["policy", "action_space", "reward"])
         if kl_coef > 0 and policy.lora is None:
             raise ConfigError("model.kl_coef > 0 needs LoRA (the reference is the base model with adapters off)")

@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import Any, Literal, Sequence
 
 import torch
-from jsonargparse import lazy_instance
 from torch.utils.data import DataLoader
 
 from selu_lightning.action_spaces.base import ActionSpace, user_message
@@ -32,7 +31,7 @@ class ActorSFT(VLMAgent):
     def __init__(
         self,
         policy: PolicyConfig,
-        action_space: ActionSpace = lazy_instance(TextActionSpace),
+        action_space: ActionSpace | None = None,
         minibatch_size: int = 16,
         lr: float = 1e-4,
         lr_min: float = 1e-6,
@@ -45,8 +44,8 @@ class ActorSFT(VLMAgent):
         """
         Args:
             policy: The VLM policy: checkpoint, dtype, LoRA (no value head needed: ``value_head_widths: null``).
-            action_space: How the policy acts in held-out evaluation; its image setting decides whether
-                examples carry their frame.
+            action_space: How the policy acts in held-out evaluation (null: ``TextActionSpace()``); its image
+                setting decides whether examples carry their frame.
             minibatch_size: Examples (steps) per training step (per rank).
             lr: Peak learning rate (AdamW).
             lr_min: Final learning rate of the cosine schedule.
@@ -56,7 +55,7 @@ class ActorSFT(VLMAgent):
             max_nonfinite_steps: Optimizer steps with NaN/inf gradients are skipped; this many in a row stop the run.
             seed: Seeds the order of examples (with the rank).
         """
-        super().__init__(policy, action_space)
+        super().__init__(policy, action_space if action_space is not None else TextActionSpace())
         self.save_hyperparameters(ignore=["policy", "action_space"])
         if minibatch_size < 1:
             raise ConfigError(f"model.minibatch_size must be >= 1 (got {minibatch_size})")
