@@ -22,8 +22,13 @@ class DemonstrationDataModule(RolloutDataModule):
         Args:
             demonstrations: A TrajectoryStore folder (e.g. written by ``python -m selu_lightning.data.collect``).
             max_episodes: Train on the first this many stored episodes (null: all).
-            **kwargs: The runner's options (``env``, ``val_episodes``, ...), for held-out evaluation.
+            **kwargs: The runner's options for held-out evaluation (``env``, ``env_kwargs``, ``eval_env_kwargs``,
+                ``val_episodes``, ``test_episodes``, ``eval_num_envs``, ``eval_greedy``, ``seed``, workers). The
+                rollout options (``num_envs``, ``steps_per_epoch``, ``record_to``, ``keep_frames``) have no
+                effect here: nothing is rolled out for training; ``record_to`` is refused.
         """
+        if kwargs.get("record_to") is not None:
+            raise ConfigError("data.record_to stores rollouts; DemonstrationDataModule trains on stored episodes")
         super().__init__(**kwargs)
         self.demonstrations = demonstrations
         self.max_episodes = max_episodes
