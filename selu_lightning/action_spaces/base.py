@@ -89,7 +89,7 @@ class ActionSpace(nn.Module, ABC):
         """Each state's prompt tensors, encoded once per state and action space (cached on the state)."""
         prompts = []
         for s in states:
-            key = ("prompt", id(self), task)
+            key = ("prompt", id(self), id(policy), task)  # a critic with its own processor encodes anew
             if key not in s.cache:
                 s.cache[key] = policy.encode_prompt(self.messages(s, task), s.image if self.with_image else None)
             prompts.append(s.cache[key])

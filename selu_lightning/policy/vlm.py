@@ -345,6 +345,7 @@ class VLMPolicy(nn.Module):
             min_new_tokens=min_new_tokens or None,
             suppress_tokens=sorted(self.suppress_token_ids) or None,
             pad_token_id=self._pad_id,
+            eos_token_id=sorted(self.eos_token_ids) or None,  # the ids scoring masks before min_new_tokens
             use_cache=True,
             # Nothing the scoring pass does not reproduce (load() already cleared the checkpoint's settings).
             repetition_penalty=1.0,
