@@ -27,7 +27,7 @@ def test_loss_is_the_mean_cross_entropy_of_response_tokens_only():
     module.configure_model()
     episodes = list(collect_expert_episodes("numberline", 2, seed=0))
     batch = next(iter(module.build_train_data(episodes)))
-    loss, _ = module.sft_loss(batch)
+    loss = module.sft_loss(batch)
     samples = batch["samples"]
     with torch.no_grad():
         scored = module.policy.score([s["prompt"] for s in samples], [s["response"] for s in samples])

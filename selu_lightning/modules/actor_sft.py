@@ -59,7 +59,6 @@ class ActorSFT(VLMAgent):
         self.save_hyperparameters(ignore=["policy", "action_space"])
         if minibatch_size < 1:
             raise ConfigError(f"model.minibatch_size must be >= 1 (got {minibatch_size})")
-        self._loader: DataLoader | None = None
 
     # ------------------------------------------------------------------ episodes -> examples
     def build_train_data(self, episodes: Any) -> DataLoader:
@@ -88,20 +87,16 @@ class ActorSFT(VLMAgent):
         return {"prompt": prompt, "response": torch.tensor([*ids, eos], dtype=torch.long)}
 
     # ------------------------------------------------------------------ update
-    def sft_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Mean next-token cross-entropy over every response token of the minibatch (fp32), and token accuracy."""
+    def sft_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Mean next-token cross-entropy over every response token of the minibatch (fp32)."""
         samples = batch["samples"]
         with eval_mode(self, self._update_eval_modules()):
             out = self.policy.backbone([s["prompt"] for s in samples], [s["response"] for s in samples])
             logprobs, _ = self.policy.continuation_logprobs(out, [s["response"] for s in samples])
-        tokens = torch.cat(logprobs)
-        loss = -tokens.float().mean()
-        with torch.no_grad():
-            stats = {"token_logprob_min": tokens.min(), "tokens": torch.tensor(float(tokens.numel()))}
-        return loss, stats
+        return -torch.cat(logprobs).float().mean()
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss, stats = self.sft_loss(batch)
+        loss = self.sft_loss(batch)
         n = len(batch["samples"])
         self.log("train/loss_sft", loss.detach(), on_epoch=True, on_step=False, batch_size=n, sync_dist=True, prog_bar=True)
         return loss
