@@ -5,7 +5,6 @@ import signal
 import time
 
 import numpy as np
-import pytest
 
 from selu_lightning.envs.base import register_env
 from selu_lightning.envs.cards.numberline import NumberLineEnv
