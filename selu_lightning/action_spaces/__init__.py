@@ -2,6 +2,7 @@
 
 from selu_lightning.action_spaces.base import ActionSpace, Decision, Evaluation
 from selu_lightning.action_spaces.candidates import CandidateActionSpace
+from selu_lightning.action_spaces.latent import LatentActionSpace
 from selu_lightning.action_spaces.text import TextActionSpace
 
-__all__ = ["ActionSpace", "Decision", "Evaluation", "TextActionSpace", "CandidateActionSpace"]
+__all__ = ["ActionSpace", "Decision", "Evaluation", "TextActionSpace", "CandidateActionSpace", "LatentActionSpace"]

@@ -111,6 +111,10 @@ class ActionSpace(nn.Module, ABC):
                 f"{env_cls.__name__} does not (use TextActionSpace)"
             )
 
+    def attach(self, policy: VLMPolicy) -> None:
+        """Called once the policy's weights have loaded (``configure_model``), before the optimizer is built:
+        a learned space builds its modules here and says which weights train. Text spaces need nothing."""
+
     @abstractmethod
     def act(
         self,

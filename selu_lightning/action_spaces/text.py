@@ -111,6 +111,19 @@ class TextActionSpace(ActionSpace):
                 greedy=greedy,
                 min_new_tokens=self.min_new_tokens,
             )
+        return self.decisions(policy, prompts, responses, legal_actions, rng)
+
+    def decisions(
+        self,
+        policy: VLMPolicy,
+        prompts: Sequence[PromptSample],
+        responses: Sequence[torch.Tensor],
+        legal_actions: Sequence[Sequence[str]],
+        rng: np.random.Generator,
+        extras: Sequence[dict[str, Any]] | None = None,
+    ) -> list[Decision]:
+        """Generated responses -> parsed env actions, thought/action token weights, and each decision's
+        log-prob and value scored by :meth:`evaluate` (``extras``: more per-sample fields it reads, e.g. codes)."""
         tokenizer = policy.tokenizer
         decisions_input = []
         for response in responses:
@@ -125,6 +138,8 @@ class TextActionSpace(ActionSpace):
             for text, lengths in decisions_input
         ]
         samples = [{"prompt": p, "response": r, "weights": w} for p, r, w in zip(prompts, responses, weights)]
+        for sample, extra in zip(samples, extras or [{}] * len(samples)):
+            sample.update(extra)
         decisions = []
         for i, (text, _) in enumerate(decisions_input):
             action = parse_action(text, legal_actions[i], rule=self.action_parsing)

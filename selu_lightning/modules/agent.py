@@ -72,11 +72,12 @@ class VLMAgent(L.LightningModule):
 
     def configure_model(self) -> None:
         self.policy.load()
+        if self.action_space is not None:  # the SELU critic has none
+            self.action_space.attach(self.policy)  # a learned space (latent codes) builds and freezes here
         self._all_modules = list(self.modules())
 
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        optimizer = torch.optim.AdamW(self._param_groups(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         if self.hparams.lr_schedule == "constant":
             return optimizer
         self._schedule_updates()  # a run whose length is unknown fails here, before any rollout
@@ -88,6 +89,18 @@ class VLMAgent(L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def _param_groups(self) -> list[dict[str, Any]]:
+        """One AdamW group, or two when ``value_head_lr`` is set: a fresh value head on a pretrained (or SFT)
+        policy needs a far larger step than the policy's fine-tuning rate to learn within a short run. The
+        cosine schedule scales both alike."""
+        value_lr = getattr(self.hparams, "value_head_lr", None)
+        head = self.policy.value_head
+        if value_lr is None or head is None:
+            return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+        head_ids = {id(p) for p in head.parameters()}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in head_ids]
+        return [{"params": rest}, {"params": [p for p in head.parameters() if p.requires_grad], "lr": value_lr}]
 
     def _schedule_updates(self) -> int:
         """How many updates (rollout epochs) the cosine schedule spans: the config's number, else what bounds
@@ -195,6 +208,10 @@ class VLMAgent(L.LightningModule):
         ret = torch.tensor([e["return"] for e in episodes], dtype=torch.float32).mean()
         self.log(f"{stage}/success_rate", success, batch_size=n, sync_dist=True, prog_bar=True)
         self.log(f"{stage}/episode_return", ret, batch_size=n, sync_dist=True)
+        steps = sum(e["length"] for e in episodes)
+        failed = sum(e.get("parse_failures", 0.0) for e in episodes)
+        # Weighted by steps, so the mean over batches and ranks is the rate over all steps played.
+        self.log(f"{stage}/parse_failure_rate", failed / max(steps, 1.0), batch_size=max(int(steps), 1), sync_dist=True)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch, "val")

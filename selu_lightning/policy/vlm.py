@@ -32,7 +32,7 @@ from torch import nn
 from selu_lightning.errors import ConfigError
 from selu_lightning.policy.tiny import resolve_model_path
 
-__all__ = ["LoraSettings", "PolicyConfig", "VLMPolicy", "ScoreOutput", "BackboneOutput", "PromptSample"]
+__all__ = ["LoraSettings", "PolicyConfig", "VLMPolicy", "ScoreOutput", "BackboneOutput", "PromptSample", "strip_image"]
 
 #: One prompt as the processor produced it: ``input_ids`` 1-D, image tensors with their batch dim.
 PromptSample = dict[str, torch.Tensor]
@@ -163,6 +163,10 @@ class PolicyConfig:
             raise ConfigError("model.policy.freeze applies to full fine-tuning; with LoRA choose model.policy.lora.targets")
 
 
+def ref_device(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
 class VLMPolicy(nn.Module):
     def __init__(self, config: PolicyConfig) -> None:
         super().__init__()
@@ -172,6 +176,7 @@ class VLMPolicy(nn.Module):
         self.processor: Any = None
         self.unused_modules: list[str] = []
         self._frames_reproducible: bool | None = None
+        self._reference: list[nn.Module] = []  # a list hides it from nn.Module: not a submodule
 
     @property
     def lora(self) -> LoraSettings | None:
@@ -263,13 +268,36 @@ class VLMPolicy(nn.Module):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def keep_reference(self) -> None:
+        """Keep what :meth:`reference` scores with. LoRA: nothing to keep (the adapters switch off). Full
+        fine-tuning: a frozen copy of the weights as loaded (after ``init_from``, so the SFT model when PPO
+        starts from one), which doubles the policy's memory: use LoRA for large models. The copy is not a
+        submodule, so it is in no checkpoint and no optimizer; a resumed run rebuilds it the same way."""
+        if self.lora is not None or self._reference:
+            return
+        import copy
+
+        frozen = copy.deepcopy(self.model).requires_grad_(False).eval()
+        self._reference = [frozen]
+
     @contextmanager
     def reference(self) -> Iterator[None]:
-        """The frozen base model: LoRA adapters switched off (needs LoRA)."""
-        if self.lora is None:
-            raise ConfigError("a reference model (KL penalty) needs LoRA: set model.policy.lora")
-        with self.model.disable_adapter():
+        """Score with the frozen reference: LoRA adapters switched off, or (full fine-tuning) the copy that
+        :meth:`keep_reference` kept, swapped in for the duration."""
+        if self.lora is not None:
+            with self.model.disable_adapter():
+                yield
+            return
+        if not self._reference:
+            raise ConfigError("no reference model kept: call keep_reference() after load() (full fine-tuning)")
+        ref, current = self._reference[0], self.model
+        if ref_device(ref) != self.device:
+            ref.to(self.device)
+        self._modules["model"] = ref
+        try:
             yield
+        finally:
+            self._modules["model"] = current
 
     # ------------------------------------------------------------------ prompts
     def encode_prompt(self, messages: list[dict[str, Any]], image: np.ndarray | None) -> PromptSample:
@@ -354,6 +382,12 @@ class VLMPolicy(nn.Module):
         )
         new_tokens = out[:, batch["input_ids"].shape[1] :].cpu()
         return [self._cut_after_eos(row) for row in new_tokens]
+
+    def prompt_inputs(self, prompts: Sequence[PromptSample]) -> dict[str, torch.Tensor]:
+        """Left-padded model inputs for prompts (as ``generate`` builds them), on the policy's device: for
+        decoders that step the backbone themselves (latent actions)."""
+        batch = _collate_prompts(self.materialize(prompts), pad_id=self._pad_id, left=True)
+        return {k: v.to(self.device) for k, v in batch.items()}
 
     def _cut_after_eos(self, row: torch.Tensor) -> torch.Tensor:
         hits = [i for i, tok in enumerate(row.tolist()) if tok in self.eos_token_ids]
@@ -565,6 +599,13 @@ def _image_token_ids(config: Any) -> set[int]:
         if isinstance(value, int) and value >= 0:
             ids.add(value)
     return ids
+
+
+def strip_image(prompt: PromptSample) -> PromptSample:
+    """The prompt's per-token tensors only (same ids, image placeholders included), no pixels: the backbone then
+    embeds the placeholders as tokens, so an image-free run keeps every position of the image run (latent
+    actions' cross-modal projector pairs them)."""
+    return {k: v for k, v in prompt.items() if k in _PER_TOKEN_KEYS}
 
 
 def _collate_prompts(prompts: Sequence[PromptSample], pad_id: int, left: bool) -> dict[str, torch.Tensor]:

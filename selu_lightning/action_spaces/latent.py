@@ -1,0 +1,216 @@
+"""Latent actions for RL: per generated token the policy picks one of K codes and the world model decodes the
+token from (context, code) greedily. PPO / GRPO then act on codes, and only the small code policy (with the
+VLM's final norm, as the reference) and the value head train.
+
+``log pi = cot_weight * sum log pi(code) over thought tokens + sum over action tokens``: RL4VLM's lambda, with
+the action boundary found in the decoded text as :class:`TextActionSpace` finds it. The codes are stored with
+the response ids and re-scored by the same teacher-forced pass in rollout and update, so the first PPO ratio is
+1 for codes as for tokens.
+
+Swap by config: ``model.action_space: {class_path: selu_lightning.action_spaces.LatentActionSpace,
+init_args: {latent_checkpoint: <LatentActionPretrain policy_bc run>/checkpoints/last.ckpt}}``.
+
+Differences from the reference (MMLatentAction): the world model decodes with the form it was trained with in
+every stage (``lm_head(norm(merged) - h)``; see ``latent/world.py``); rows decode one at a time with the
+backbone's KV cache (no padding, so every architecture's own position ids apply); log-probs are over all K
+codes at ``temperature`` while sampling is top-k (``top_k: 0`` samples from exactly the scored distribution).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from selu_lightning.action_spaces.base import Decision, Evaluation
+from selu_lightning.action_spaces.text import TextActionSpace
+from selu_lightning.errors import ConfigError
+from selu_lightning.latent.model import (
+    LatentActionModel,
+    LatentConfig,
+    load_latent_weights,
+    vlm_lm_head,
+    vlm_norm,
+)
+from selu_lightning.latent.policy import code_logprobs, sample_codes
+from selu_lightning.latent.world import world_logits
+from selu_lightning.policy.vlm import BackboneOutput, PromptSample, VLMPolicy
+
+__all__ = ["LATENT_CONFIG_KEY", "LatentActionSpace"]
+
+#: Where a LatentActionPretrain checkpoint keeps its LatentConfig.
+LATENT_CONFIG_KEY = "selu_latent_config"
+
+
+class LatentActionSpace(TextActionSpace):
+    def __init__(
+        self,
+        latent_checkpoint: str | None = None,
+        temperature: float = 1.0,
+        top_k: int = 32,
+        max_new_tokens: int = 256,
+        cot_weight: float = 0.5,
+        template: str = "default",
+        with_image: bool = True,
+        min_new_tokens: int = 0,
+        parse_failure: Literal["random_action", "mask_from_loss"] = "random_action",
+        action_parsing: Literal["rl4vlm", "strict"] = "rl4vlm",
+        train_final_norm: bool = True,
+    ) -> None:
+        """
+        Args:
+            latent_checkpoint: A ``LatentActionPretrain`` checkpoint (after ``policy_bc``) built on this run's
+                ``model.policy.model_name_or_path``: its codebook, world model, policy and projector. Needed
+                before weights load (null only so that a recipe parses without one).
+            temperature: Code sampling temperature; log-probs use logits / temperature too.
+            top_k: Sample among the k most likely codes (the paper: 32); 0: all codes.
+            max_new_tokens: Longest response (one code per token).
+            cot_weight: RL4VLM's lambda: the weight of thought-token codes in log pi (action tokens: 1).
+            template: Prompt text (as ``TextActionSpace``'s).
+            with_image: Put the frame in the prompt. Without it the hidden states pass through the projector's
+                text -> image-text mean before the policy and the world model (the space was learned on
+                image-text states).
+            min_new_tokens: The world model may not decode EOS before this many tokens.
+            parse_failure: What text with no legal action teaches (as ``TextActionSpace``'s).
+            action_parsing: How the action is read from the decoded text (as ``TextActionSpace``'s).
+            train_final_norm: Train the VLM's final norm with the code policy (the reference does); the rest of
+                the VLM, LoRA adapters included, is frozen.
+        """
+        super().__init__(
+            temperature=temperature, max_new_tokens=max_new_tokens, cot_weight=cot_weight, template=template,
+            with_image=with_image, min_new_tokens=min_new_tokens, parse_failure=parse_failure,
+            action_parsing=action_parsing,
+        )  # fmt: skip
+        if latent_checkpoint is not None and not os.path.isfile(os.path.expanduser(latent_checkpoint)):
+            raise ConfigError(f"model.action_space.init_args.latent_checkpoint {latent_checkpoint!r} is not a file")
+        if top_k < 0:
+            raise ConfigError(f"model.action_space.init_args.top_k must be >= 0 (got {top_k})")
+        self.latent_checkpoint = latent_checkpoint
+        self.top_k = top_k
+        self.train_final_norm = train_final_norm
+        self.latent: LatentActionModel | None = None
+
+    # ------------------------------------------------------------------ setup
+    def attach(self, policy: VLMPolicy) -> None:
+        """Build the latent space on the loaded policy and freeze all but the code policy (+ final norm)."""
+        if self.latent is not None:
+            return
+        if self.latent_checkpoint is None:
+            raise ConfigError("LatentActionSpace needs model.action_space.init_args.latent_checkpoint "
+                              "(a LatentActionPretrain checkpoint)")  # fmt: skip
+        path = os.path.expanduser(self.latent_checkpoint)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        if LATENT_CONFIG_KEY not in checkpoint:
+            raise ConfigError(f"latent_checkpoint {path!r} is not a LatentActionPretrain checkpoint")
+        from selu_lightning.export import CONFIG_KEY
+
+        built_on = (checkpoint.get(CONFIG_KEY) or {}).get("model_name_or_path")
+        if built_on is not None and built_on != policy.config.model_name_or_path:
+            raise ConfigError(f"latent_checkpoint was built on {built_on!r}; this run's policy is "
+                              f"{policy.config.model_name_or_path!r}")  # fmt: skip
+        hf = policy.hf_model
+        latent = LatentActionModel.for_backbone(LatentConfig(**checkpoint[LATENT_CONFIG_KEY]), hf)
+        load_latent_weights(latent, checkpoint, path)
+        latent.train_only(("policy",))
+        latent.to(policy.device)
+        policy.model.requires_grad_(False)
+        vlm_norm(hf).requires_grad_(self.train_final_norm)
+        self.latent = latent
+
+    def _latent(self) -> LatentActionModel:
+        if self.latent is None:
+            raise RuntimeError("LatentActionSpace used before attach(policy) (the module's configure_model)")
+        return self.latent
+
+    def _states(self, h: torch.Tensor) -> torch.Tensor:
+        """What the policy and world model read: h, or its image-text estimate for text-only prompts."""
+        return h if self.with_image else self._latent().to_text_space(h)
+
+    # ------------------------------------------------------------------ rollout
+    @torch.no_grad()
+    def act(
+        self,
+        policy: VLMPolicy,
+        prompts: Sequence[PromptSample],
+        legal_actions: Sequence[Sequence[str]],
+        *,
+        greedy: bool,
+        rng: np.random.Generator,
+    ) -> list[Decision]:
+        # The rollout's own generator seeds code sampling: a resumed run samples what an uninterrupted one would.
+        generator = torch.Generator(device=policy.device).manual_seed(int(rng.integers(2**63 - 1)))
+        decoded = [self.decode(policy, p, greedy=greedy, generator=generator) for p in prompts]
+        responses = [tokens for tokens, _ in decoded]
+        return self.decisions(policy, prompts, responses, legal_actions, rng, extras=[{"codes": c} for _, c in decoded])
+
+    def decode(
+        self, policy: VLMPolicy, prompt: PromptSample, *, greedy: bool, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One response: per step a code (argmax when ``greedy``, else top-k sampled), then the world model's
+        most likely token given it; stops after EOS. Returns (token ids, codes), both on the CPU."""
+        latent, hf = self._latent(), policy.hf_model
+        backbone, norm, head = policy._backbone(hf), vlm_norm(hf), vlm_lm_head(hf)
+        inputs = policy.prompt_inputs([prompt])
+        out = backbone(**inputs, use_cache=True)
+        cache, length = _cache_of(out), int(inputs["input_ids"].shape[1])
+        x = self._states(out.last_hidden_state)
+        policy_cache: list = []
+        logits = latent.policy(x, cache=policy_cache)[:, -1]
+        banned = sorted(policy.suppress_token_ids)
+        eos = sorted(policy.eos_token_ids)
+        tokens: list[int] = []
+        codes: list[int] = []
+        for step in range(self.max_new_tokens):
+            code = logits.argmax(-1) if greedy else sample_codes(logits, self.temperature, self.top_k, generator)
+            token_logits = world_logits(latent.world.merge(x[:, -1], latent.codebook.embed(code)), x[:, -1], norm, head)
+            if banned:
+                token_logits[:, banned] = float("-inf")
+            if step < self.min_new_tokens and eos:
+                token_logits[:, eos] = float("-inf")
+            token = int(token_logits.argmax(-1))
+            tokens.append(token)
+            codes.append(int(code))
+            if token in policy.eos_token_ids or step + 1 == self.max_new_tokens:
+                break
+            length += 1
+            ids = torch.tensor([[token]], device=policy.device)
+            mask = torch.ones(1, length, dtype=inputs["attention_mask"].dtype, device=policy.device)
+            out = backbone(input_ids=ids, attention_mask=mask, use_cache=True, **{_cache_arg(backbone): cache})
+            cache = _cache_of(out)
+            x = self._states(out.last_hidden_state)
+            logits = latent.policy(x, cache=policy_cache)[:, -1]
+        return torch.tensor(tokens, dtype=torch.long), torch.tensor(codes, dtype=torch.long)
+
+    # ------------------------------------------------------------------ update
+    def evaluate(self, policy: VLMPolicy, samples: Sequence[dict[str, Any]], *, with_entropy: bool) -> Evaluation:
+        """Weighted code log-probs of the stored (tokens, codes) and values, one teacher-forced backbone pass."""
+        responses = [s["response"] for s in samples]
+        out = policy.backbone([s["prompt"] for s in samples], responses)
+        logits = self._latent().policy(self._states(out.hidden))
+        # The positions that predicted each response token are where its code was chosen.
+        per_token = BackboneOutput(logits, out.prompt_lens, out.cont_lens).continuation_hidden()
+        codes = torch.cat([s["codes"] for s in samples]).to(per_token.device)
+        logp, ent = code_logprobs(per_token, codes, self.temperature)
+        token_logprobs = list(logp.split(out.cont_lens))
+        logprobs = torch.stack([(lp * s["weights"].to(lp.device)).sum() for lp, s in zip(token_logprobs, samples)])
+        entropy = None
+        if with_entropy:
+            entropy = torch.stack([e.mean() if e.numel() else e.new_zeros(()) for e in ent.split(out.cont_lens)])
+        values = policy.values(out) if policy.value_head is not None else None
+        mask = torch.tensor([float(s.get("trainable", True)) for s in samples], device=logprobs.device)
+        return Evaluation(logprobs, values, entropy, token_logprobs=token_logprobs, loss_mask=mask)
+
+
+def _cache_arg(backbone: torch.nn.Module) -> str:
+    """The KV-cache keyword of this backbone's forward (``cache`` in newer transformers, else ``past_key_values``)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
+
+
+def _cache_of(out: Any) -> Any:
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
