@@ -7,6 +7,17 @@ decision for all N envs per step, eval mode) and hands the frozen :class:`Rollou
 ActorPPO; filtered SFT examples, critic questions or group advantages for later methods). Validation/test
 batches are :class:`EvalEpisodes`: held-out seeds plus the envs to play them on; the module calls
 ``batch.play(self)``. Data flows one way: the runner calls the agent, never the reverse.
+
+Group rollouts (``data.group_size`` G > 1, for GRPO / Dr.GRPO / GiGPO): the N envs of a rank form N / G groups.
+Every rollout starts fresh episodes: the G envs of a group reset from one seed (drawn from the runner's
+checkpointed generator), so they start in one state and differ only in sampling. The rollout still plays exactly
+``steps_per_epoch / N`` steps in every env (every rank collects the same number of steps, and serves the same
+number of minibatches). An env whose episode ends starts its group's next episode, from the group's next seed: the
+k-th episode of each env of a group shares one seed, and those G episodes form one *episode group*. Episode groups
+whose G episodes all ended inside the rollout are complete; the steps of the others (episodes cut by the
+rollout's end, or lost to a worker restart) teach nothing and are not carried into the next rollout, which
+starts fresh again. Give each env room for at least one whole episode (``steps_per_epoch / num_envs`` >= the env's
+longest episode); the module logs the fraction of steps that were used.
 """
 
 from __future__ import annotations
@@ -15,7 +26,7 @@ import pickle
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Protocol, Sequence
+from typing import Any, Callable, Hashable, Literal, Protocol, Sequence
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
@@ -65,6 +76,23 @@ class Rollout:
     """Episodes that finished in this rollout (whole, including steps from earlier rollouts)."""
     shuffle_seed: int = 0
     """Seeds the method's minibatch order (drawn from the runner's checkpointed generator)."""
+    group_size: int = 1
+    """G of a group rollout (see the module docstring); 1: a plain rollout whose envs continue across rollouts."""
+    episode_ids: torch.Tensor | None = None
+    """Group rollouts: ``[T, N]`` the rollout-local id (0, 1, ...) of the episode each step belongs to."""
+    episode_groups: list[int] = field(default_factory=list)
+    """Group rollouts: per episode id, the id of its episode group (G episodes from one seed)."""
+    episode_complete: list[bool] = field(default_factory=list)
+    """Group rollouts: per episode id, whether it ended inside this rollout (not cut, not lost to a restart)."""
+    state_keys: list[list[Hashable]] | None = None
+    """Group rollouts: ``[T][N]`` the env's state key of the state each step acted from (GiGPO's anchors)."""
+
+    def complete_groups(self) -> set[int]:
+        """Episode groups whose G episodes all ended inside this rollout."""
+        done: dict[int, int] = {}
+        for g, complete in zip(self.episode_groups, self.episode_complete):
+            done[g] = done.get(g, 0) + int(complete)
+        return {g for g, n in done.items() if n == self.group_size}
 
     @property
     def num_steps(self) -> int:
@@ -91,6 +119,42 @@ class Rollout:
 ProgressFn = Callable[[int, int, int, int], None]
 
 
+class GroupSchedule:
+    """Which seed each env of a group rollout plays next, and the episode / episode-group ids of what it plays.
+
+    Env i belongs to group i // G; its k-th episode of the rollout starts from its group's k-th seed, drawn the
+    first time any env of the group needs it."""
+
+    def __init__(self, num_envs: int, group_size: int, rng: np.random.Generator) -> None:
+        if group_size < 1 or num_envs % group_size:
+            raise ValueError(f"{num_envs} envs do not split into groups of {group_size}")
+        self.group_size, self.rng = group_size, rng
+        self.seeds: list[list[int]] = [[] for _ in range(num_envs // group_size)]
+        self.rounds = [0] * num_envs
+        self.episode = [-1] * num_envs
+        self.seed_of_env = [0] * num_envs
+        self.episode_groups: list[int] = []
+        self.episode_complete: list[bool] = []
+        self._group_ids: dict[tuple[int, int], int] = {}
+
+    def start(self, i: int) -> int:
+        """Begin env i's next episode; returns the seed to reset it with."""
+        k, r = i // self.group_size, self.rounds[i]
+        while len(self.seeds[k]) <= r:
+            self.seeds[k].append(int(self.rng.integers(2**32)))
+        self.rounds[i] += 1
+        self.episode[i] = len(self.episode_groups)
+        self.episode_groups.append(self._group_ids.setdefault((k, r), len(self._group_ids)))
+        self.episode_complete.append(False)
+        self.seed_of_env[i] = self.seeds[k][r]
+        return self.seeds[k][r]
+
+    def end(self, i: int, complete: bool) -> int:
+        """Env i's episode ended (``complete``: not lost to a restart); returns the seed of its next one."""
+        self.episode_complete[self.episode[i]] = complete
+        return self.start(i)
+
+
 def collect_rollout(
     agent: Agent,
     pool: EnvPool,
@@ -99,12 +163,22 @@ def collect_rollout(
     num_examples: int = 0,
     recorder: EpisodeRecorder | None = None,
     progress: ProgressFn | None = None,
+    group_size: int = 1,
 ) -> Rollout:
     """Play ``steps_per_env`` steps in every env of the (already reset) pool.
 
     With a ``recorder``, every step is recorded into its env's episode, and episodes that end are returned
-    whole in ``Rollout.trajectories`` (ground truth kept apart)."""
+    whole in ``Rollout.trajectories`` (ground truth kept apart). ``group_size`` > 1: a group rollout (see the
+    module docstring): every env restarts from its group's seed, episodes in flight are abandoned."""
     T, N = steps_per_env, pool.num_envs
+    groups = GroupSchedule(N, group_size, rng) if group_size > 1 else None
+    episode_ids = torch.zeros(T, N, dtype=torch.long) if groups is not None else None
+    keys: list[list[Hashable]] | None = [] if groups is not None else None
+    if groups is not None:
+        if recorder is not None:
+            for i in range(N):
+                recorder.drop(i)
+        pool.reset_to([groups.start(i) for i in range(N)], indices=range(N))
     task = pool.task_description
     rewards, values, next_values, logprobs = (torch.zeros(T, N) for _ in range(4))
     terminated, truncated = torch.zeros(T, N, dtype=torch.bool), torch.zeros(T, N, dtype=torch.bool)
@@ -121,8 +195,16 @@ def collect_rollout(
         tick = time.perf_counter()
         row = agent.decide(states, task, greedy=False, rng=rng)
         decide_seconds += time.perf_counter() - tick
-        outcomes = pool.step([d.env_action for d in row])
+        outcomes = pool.step([d.env_action for d in row], auto_reset=groups is None)
         decisions.append(row)
+        seeds = list(groups.seed_of_env) if groups is not None else [None] * N
+        if groups is not None:
+            episode_ids[t] = torch.tensor(groups.episode)
+            keys.append([s.key for s in states])
+            ended = [i for i, o in enumerate(outcomes) if o.episode is not None or o.restarted]
+            restart = [(i, groups.end(i, not outcomes[i].restarted)) for i in ended]
+            if restart:
+                pool.reset_to([seed for _, seed in restart], indices=[i for i, _ in restart])
         for i, (s, d, o) in enumerate(zip(states, row, outcomes)):
             rewards[t, i], values[t, i], logprobs[t, i] = o.reward, d.value, d.logprob
             terminated[t, i], truncated[t, i] = o.terminated, o.truncated
@@ -135,7 +217,7 @@ def collect_rollout(
             if o.restarted:  # the worker died: the episode is lost
                 recorder.drop(i)
                 continue
-            recorder.step(i, s.image, s.text, s.goal, d.prompt, d.text, d.env_action, o.reward)
+            recorder.step(i, s.image, s.text, s.goal, d.prompt, d.text, d.env_action, o.reward, seed=seeds[i])
             if o.episode is not None:
                 final = o.final_state
                 trajectories.append(
@@ -159,28 +241,35 @@ def collect_rollout(
     ended = terminated | truncated
     next_values[:-1] = torch.where(ended[:-1], next_values[:-1], values[1:])
     next_values[-1] = torch.where(ended[-1], next_values[-1], last)
-    return Rollout(
+    rollout = Rollout(
         decisions, rewards, values, next_values, logprobs, terminated, truncated,
         episodes, time.perf_counter() - start, decide_seconds, examples, pool.restarts - restarts_before,
         trajectories,
     )  # fmt: skip
+    if groups is not None:
+        rollout.group_size, rollout.episode_ids, rollout.state_keys = group_size, episode_ids, keys
+        rollout.episode_groups, rollout.episode_complete = groups.episode_groups, groups.episode_complete
+    return rollout
 
 
 def play_episodes(
     agent: Agent, pool: EnvPool, seeds: Sequence[int], *, greedy: bool, rng: np.random.Generator, max_steps: int = 1000
 ) -> list[dict[str, float]]:
-    """Play one whole episode per seed, all envs together; returns each episode's return/length/success."""
+    """Play one whole episode per seed, all envs together; returns each episode's return/length/success and
+    ``parse_failures`` (its steps whose text no action could be read from)."""
     pool.reset_to(seeds)
     live = list(range(len(seeds)))
     results: dict[int, dict[str, float]] = {}
+    failures = [0] * len(seeds)
     for _ in range(max_steps):
         if not live:
             break
         decisions = agent.decide([pool.states[i] for i in live], pool.task_description, greedy=greedy, rng=rng)
         outcomes = pool.step([d.env_action for d in decisions], indices=live, auto_reset=False)
-        for i, o in zip(list(live), outcomes):
+        for i, d, o in zip(list(live), decisions, outcomes):
+            failures[i] += int(d.parse_failed)
             if o.episode is not None:
-                results[i] = o.episode
+                results[i] = dict(o.episode, parse_failures=float(failures[i]))
                 live.remove(i)
     if live:
         raise RuntimeError(f"{len(live)} evaluation episodes did not end within {max_steps} steps")
@@ -213,6 +302,7 @@ class RolloutDataModule(L.LightningDataModule):
         env_step_timeout: float = 60.0,
         num_envs: int = 8,
         steps_per_epoch: int = 256,
+        group_size: int = 1,
         seed: int = 0,
         val_episodes: int = 100,
         test_episodes: int = 200,
@@ -234,6 +324,10 @@ class RolloutDataModule(L.LightningDataModule):
             env_step_timeout: Seconds a subprocess env may take for one step or reset before it is restarted.
             num_envs: Envs per rank, stepped together with one batched decision per step.
             steps_per_epoch: Env steps per rank per epoch (one rollout, one update); a multiple of ``num_envs``.
+            group_size: Envs per group (G) for the group algorithms (GRPO, Dr.GRPO, GiGPO; e.g. 8): each rollout
+                starts fresh episodes, the G envs of a group from one seed, and ``num_envs / group_size`` groups
+                play on each rank; a group's k-th episodes form one episode group. 1: envs play on across
+                rollouts (PPO). Must divide ``num_envs``.
             seed: Seeds every env, sampler and the minibatch order together with the rank and env index.
             val_episodes: Held-out episodes per validation run (split over ranks).
             test_episodes: Held-out episodes for ``selu test`` and ``selu predict``.
@@ -254,6 +348,12 @@ class RolloutDataModule(L.LightningDataModule):
                 f"data.steps_per_epoch ({steps_per_epoch}) must be divisible by data.num_envs ({num_envs}) "
                 "so every env plays the same number of steps"
             )
+        if group_size < 1 or num_envs % group_size:
+            raise ConfigError(
+                f"data.group_size ({group_size}) must be >= 1 and divide data.num_envs ({num_envs}): each rank "
+                "plays whole groups"
+            )
+        self.group_size = group_size
         self.env = env
         self.env_kwargs = dict(env_kwargs or {})
         self.eval_env_kwargs = self.env_kwargs | dict(eval_env_kwargs or {})
@@ -295,6 +395,9 @@ class RolloutDataModule(L.LightningDataModule):
         check = getattr(module, "check_env", None)
         if check is not None:
             check(self.env_cls)
+        check_groups = getattr(module, "check_group_size", None)
+        if check_groups is not None:
+            check_groups(self.group_size)
 
     def _train_pool(self) -> EnvPool:
         """Built on first use (after every component's setup checks), reset once, then stepped forever."""
@@ -337,7 +440,7 @@ class RolloutDataModule(L.LightningDataModule):
         progress = _rollout_progress(self.trainer)
         rollout = collect_rollout(
             agent, pool, self.steps_per_epoch // self.num_envs, self.rng, num_examples=self.num_examples,
-            recorder=self.recorder, progress=progress,
+            recorder=self.recorder, progress=progress, group_size=self.group_size,
         )  # fmt: skip
         # Minibatch order comes from the rollout generator (checkpointed), not from the epoch number, which
         # Lightning reports differently while it restores a run.

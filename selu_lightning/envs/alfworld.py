@@ -18,11 +18,16 @@ goal is read from the intro and the expert plan is planned at reset.
 
 Speed (2 CPU cores, shipped games): ~48 steps/s with the frame drawn, once each game's translation is cached
 (first load of a game ~0.3 s). Set ``SELU_ALFWORLD_NO_CACHE=1`` to run the engine without the caches below.
+
+State key (GiGPO's anchor states, :meth:`AlfWorldEnv.state_key`): a hash of the engine's PDDL facts. The text is only
+the last command's feedback, so equal texts can be different states and one state can be reached with different
+texts; the facts are the world state itself.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import re
@@ -565,6 +570,11 @@ class AlfWorldEnv(TextVisualEnv):
             "task_type": self._task_type,
             "gamefile": str(self._loaded),
         }
+
+    def state_key(self, obs: dict[str, Any], info: dict[str, Any]) -> str:
+        """SHA-1 of the engine's current PDDL facts (sorted): the world state, whatever text led to it."""
+        facts = sorted((name, sorted(args)) for name, args in self._facts.items())
+        return hashlib.sha1(repr(facts).encode()).hexdigest()
 
     # Checkpoints rebuild the env by replay (TextVisualEnv.checkpoint_by); a pickled env (a copy) works too. The
     # engine (a C library) does not pickle: drop it, and rebuild it on the next step by replaying this episode's

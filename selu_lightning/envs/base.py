@@ -6,13 +6,18 @@ observations are ``{"image": uint8[H, W, 3], "text": str}``. ``info`` always car
 - ``legal_actions``: ``list[str]`` the actions that are legal now (empty if the simulator has no such list),
 - ``goal``: ``str`` the instruction for this episode,
 - ``success``: ``bool`` ground-truth success so far (for evaluation metrics only).
+
+Each env also names its states for GiGPO's anchor grouping (:meth:`TextVisualEnv.state_key`): equal keys mean the
+same state. The default is the text observation, or a hash of the frame when there is no text; envs whose
+observation does not pin their state override it (their docstrings say with what).
 """
 
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib
-from typing import Any, Callable, ClassVar, Literal
+from typing import Any, Callable, ClassVar, Hashable, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -49,6 +54,15 @@ class TextVisualEnv(gym.Env):
         self.image_size = image_size
         self.observation_space, self.action_space = _spaces(image_size)
 
+    def state_key(self, obs: dict[str, Any], info: dict[str, Any]) -> Hashable:
+        """A hashable name of the state ``obs`` shows, for GiGPO's anchor states (equal keys: the same state).
+
+        Called in the env's own process after every reset and step (the pool carries it as ``EnvState.key``).
+        Default: the text observation, or a SHA-1 of the frame's bytes when the text is empty. Override where the
+        observation is not the state (e.g. text that is only the last action's feedback)."""
+        text = obs.get("text", "")
+        return text if text else frame_digest(obs["image"])
+
     # A Box space holds four image-sized arrays (low, high and their bound masks): ~1 MB at 300 px. Pickles leave
     # the spaces out and rebuild them.
     def __getstate__(self) -> dict[str, Any]:
@@ -61,6 +75,12 @@ class TextVisualEnv(gym.Env):
         self.__dict__.update(state)
         if "observation_space" not in state:
             self.observation_space, self.action_space = _spaces(self.image_size)
+
+
+def frame_digest(image: np.ndarray) -> str:
+    """SHA-1 of a frame's shape, dtype and bytes: equal exactly when the frames are."""
+    image = np.ascontiguousarray(image)
+    return hashlib.sha1(f"{image.shape}{image.dtype}".encode() + image.tobytes()).hexdigest()
 
 
 def _spaces(image_size: int) -> tuple[gym.spaces.Dict, gym.spaces.Text]:

@@ -20,7 +20,7 @@ import multiprocessing as mp
 import pickle
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Hashable, Literal, Sequence
 
 import numpy as np
 
@@ -46,6 +46,8 @@ class EnvState:
     text: str
     goal: str
     legal_actions: list[str]
+    #: The env's name of this state (``TextVisualEnv.state_key``): GiGPO groups steps taken from equal keys.
+    key: Hashable = None
     #: The policy's encoding of this state (prompt tensors), kept so a state is preprocessed once even when
     #: it is both the last state of one rollout (bootstrap value) and the first of the next. Not pickled.
     cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -75,8 +77,13 @@ class _Tracker:
     length: int = 0
 
 
+#: The ``info`` entry the recorder adds: the env's ``state_key`` of the observation, computed in the env's process.
+STATE_KEY = "state_key"
+
+
 def _state(obs: dict[str, Any], info: dict[str, Any]) -> EnvState:
-    return EnvState(obs["image"], obs.get("text", ""), info.get("goal", ""), list(info.get("legal_actions", [])))
+    legal = list(info.get("legal_actions", []))
+    return EnvState(obs["image"], obs.get("text", ""), info.get("goal", ""), legal, info.get(STATE_KEY))
 
 
 def _digest(image: np.ndarray) -> str:
@@ -120,15 +127,19 @@ class _Recorder:
 
     def reset(self, seed: int | None) -> tuple:
         rng = None if seed is not None else self.env.np_random.bit_generator.state
-        result = self.env.reset(seed=seed)
+        obs, info = self.env.reset(seed=seed)
         self.episode = _Episode(seed, rng)
-        return result
+        return obs, self._keyed(obs, info)
 
     def step(self, action: str) -> tuple:
-        result = self.env.step(action)
+        obs, reward, terminated, truncated, info = self.env.step(action)
         if self.episode is not None:  # None: an env restored from a pickle, mid-episode
             self.episode.actions.append(action)
-        return result
+        return obs, reward, terminated, truncated, self._keyed(obs, info)
+
+    def _keyed(self, obs: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+        """``info`` plus the env's state key (here, in the env's process: the key may read its hidden state)."""
+        return {**info, STATE_KEY: self.env.state_key(obs, info)}
 
     def snapshot(self) -> dict[str, Any]:
         if self.env.checkpoint_by == "pickle":
@@ -329,12 +340,21 @@ class EnvPool:
         self._trackers = [_Tracker() for _ in self.handles]
         return self.states
 
-    def reset_to(self, seeds: Sequence[int]) -> list[EnvState]:
-        """Start one episode per given seed (held-out evaluation); uses the first len(seeds) envs."""
-        if len(seeds) > self.num_envs:
-            raise ValueError(f"{len(seeds)} seeds for a pool of {self.num_envs} envs")
-        self.states = [_state(*h.reset(int(s))) for h, s in zip(self.handles, seeds)]
-        self._trackers = [_Tracker() for _ in self.states]
+    def reset_to(self, seeds: Sequence[int], indices: Sequence[int] | None = None) -> list[EnvState]:
+        """Start one episode per given seed. Without ``indices`` (held-out evaluation) the first len(seeds) envs
+        play them and the pool holds only those; with ``indices`` (group rollouts) those envs restart and the
+        others play on."""
+        if indices is None:
+            if len(seeds) > self.num_envs:
+                raise ValueError(f"{len(seeds)} seeds for a pool of {self.num_envs} envs")
+            self.states = [_state(*h.reset(int(s))) for h, s in zip(self.handles, seeds)]
+            self._trackers = [_Tracker() for _ in self.states]
+            return self.states
+        if len(seeds) != len(indices) or len(self.states) != self.num_envs:
+            raise ValueError(f"{len(seeds)} seeds for envs {list(indices)} of a pool of {len(self.states)} live envs")
+        for i, s in zip(indices, seeds):
+            self.states[i] = _state(*self.handles[i].reset(int(s)))
+            self._trackers[i] = _Tracker()
         return self.states
 
     def step(

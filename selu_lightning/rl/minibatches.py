@@ -51,8 +51,10 @@ def sample_tokens(sample: dict[str, Any]) -> int:
     return prompt + sum(int(c.numel()) for c in conts)
 
 
-#: Per-transition rollout constants a PPO minibatch carries next to the samples.
-CONSTANTS = ("old_logprobs", "old_values", "advantages", "returns")
+#: Per-transition rollout constants a PPO minibatch carries next to the samples. ``weights`` (1 learn, 0 leave
+#: out of the policy loss: padding that evens out minibatch counts across ranks) defaults to 1.
+CONSTANTS = ("old_logprobs", "old_values", "advantages", "returns", "weights")
+_DEFAULTS = {"weights": 1.0}
 
 
 def collate_transitions(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -61,7 +63,7 @@ def collate_transitions(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     module turns them into fp32 tensors on its device."""
     out: dict[str, Any] = {"samples": [it["sample"] for it in items]}
     for key in CONSTANTS:
-        out[key] = np.array([it[key] for it in items], dtype=np.float64)
+        out[key] = np.array([it[key] if key in it else _DEFAULTS[key] for it in items], dtype=np.float64)
     return out
 
 
