@@ -198,12 +198,12 @@ def test_formats_and_registry():
     tricky = ExpertStep("+", 'not "action": "-"', {})
     assert parse_action(format_json(tricky), ["+", "-"]) == "+"  # quotes in values are escaped
     with pytest.raises(ConfigError):
-        expert_for("alfworld")
+        expert_for("ai2thor")
     with pytest.raises(ConfigError):
         expert_for("numberline", noise=1.5)
     with pytest.raises(ConfigError):
         expert_for("points24", arithmetic="float")
-    assert set(EXPERTS) == set(GAMES)
+    assert set(EXPERTS) == {*GAMES, "alfworld", "babyai", "virtualhome"}  # household: tests/test_experts_household.py
     with pytest.raises(ValueError, match="text_state=True"):
         expert_for("numberline").act("", {"legal_actions": ["+", "-"]}, ["+", "-"], np.random.default_rng(0))
 

@@ -1,16 +1,22 @@
 """Demonstrations on disk: a scripted expert plays seeded episodes and a TrajectoryStore keeps them.
 
     python -m selu_lightning.data.collect --env numberline --episodes 500 --noise 0.2 --out demos/numberline
+    python -m selu_lightning.data.collect --env alfworld --env-kwargs '{"split": "eval"}' --out demos/alfworld
 
 Each step records the frame, the observation text, the prompt the chosen action space would send, the expert's
 reply in that action space's format (RL4VLM's JSON for ``text``, the bare action for ``candidates``), the env
 action and reward; the simulator's success goes to the store's ground-truth field, which training never reads.
 Episodes are appended in batches, each batch atomically: a killed collection keeps every batch before it.
+
+The household experts plan with the simulator's hidden state (see :mod:`selu_lightning.experts.base`): this command
+hands them the env after every reset (``Expert.observe_env``) and builds the env with the settings their planner
+needs (``Expert.env_kwargs``, e.g. ALFWorld's ``replan`` when noisy); the store records the kwargs used.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any, Iterator, Literal
 
 import numpy as np
@@ -20,8 +26,23 @@ from selu_lightning.data.store import TrajectoryStore
 from selu_lightning.data.trajectories import EpisodeRecorder, Trajectory
 from selu_lightning.envs.base import make_env
 from selu_lightning.envs.pool import seed_stream
+from selu_lightning.errors import ConfigError
 
-__all__ = ["collect_expert_episodes", "main"]
+__all__ = ["collect_expert_episodes", "demo_env_kwargs", "main"]
+
+
+def _expert(env: str, noise: float, env_kwargs: dict[str, Any]):
+    from selu_lightning.experts import expert_for
+
+    extra = {"arithmetic": env_kwargs["arithmetic"]} if "arithmetic" in env_kwargs else {}  # formula games
+    return expert_for(env, noise=noise, **extra)
+
+
+def demo_env_kwargs(env: str, noise: float = 0.0, env_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The kwargs the env is built with for these demonstrations: ``env_kwargs`` plus what the expert's planner
+    needs (a ConfigError when they contradict)."""
+    given = dict(env_kwargs or {})
+    return _expert(env, noise, given).env_kwargs(given)
 
 
 def collect_expert_episodes(
@@ -40,14 +61,14 @@ def collect_expert_episodes(
     ``"demo"``, never a training or evaluation seed). ``template``: the prompt wording (default: the action
     space's)."""
     from selu_lightning.action_spaces import CandidateActionSpace, TextActionSpace
-    from selu_lightning.experts import expert_for, format_candidate, format_json
+    from selu_lightning.experts import format_candidate, format_json
 
     space = TextActionSpace() if reply == "text" else CandidateActionSpace()
     if template is not None:
         space.template = template
-    kwargs = dict(env_kwargs or {})
-    game = make_env(env, **kwargs)
-    expert = expert_for(env, noise=noise, **({"arithmetic": kwargs["arithmetic"]} if "arithmetic" in kwargs else {}))
+    given = dict(env_kwargs or {})
+    expert = _expert(env, noise, given)
+    game = make_env(env, **expert.env_kwargs(given))
     rng = np.random.default_rng(seed_stream(seed, "demo"))
     seeds = seed_stream(seed, "demo", 1).generate_state(episodes)
     recorder = EpisodeRecorder(1, f"demo-{env}")
@@ -56,6 +77,7 @@ def collect_expert_episodes(
     successes = 0
     for episode_seed in seeds:
         obs, info = game.reset(seed=int(episode_seed))
+        expert.observe_env(game)  # demonstration only: planners that read the simulator's hidden state
         for t in range(max_steps):
             legal = list(info.get("legal_actions", []))
             step = expert.act(obs["text"], info, legal, rng)
@@ -77,9 +99,23 @@ def collect_expert_episodes(
     game.close()
 
 
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"--env-kwargs must be a JSON object, e.g. '{{\"image_size\": 128}}' ({err})") from err
+    if not isinstance(value, dict):
+        raise ConfigError(f"--env-kwargs must be a JSON object, not {type(value).__name__}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
+    from selu_lightning.experts import EXPERTS
+
     parser = argparse.ArgumentParser(description="Collect scripted-expert demonstrations into a TrajectoryStore.")
-    parser.add_argument("--env", required=True, help="numberline, ezpoints, points24 or blackjack")
+    parser.add_argument("--env", required=True, choices=sorted(EXPERTS), help="an env with a scripted expert")
+    parser.add_argument("--env-kwargs", default="{}",
+                        help='the env\'s kwargs as JSON, e.g. \'{"split": "eval"}\' (text_state stays on)')
     parser.add_argument("--episodes", type=int, default=500)
     parser.add_argument("--noise", type=float, default=0.0, help="probability of a wrong action with matching wrong reasoning")
     parser.add_argument("--reply", choices=["text", "candidates"], default="text")
@@ -87,10 +123,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=50, help="episodes per atomic append")
     parser.add_argument("--out", required=True, help="the store's folder")
     args = parser.parse_args(argv)
-    store = TrajectoryStore(args.out, env=args.env, env_kwargs={}, policy=f"expert(noise={args.noise}, reply={args.reply})")
+    env_kwargs = demo_env_kwargs(args.env, args.noise, _json_object(args.env_kwargs))
+    policy = f"expert(noise={args.noise}, reply={args.reply})"
+    store = TrajectoryStore(args.out, env=args.env, env_kwargs=env_kwargs, policy=policy)
     pending: list[Trajectory] = []
     for trajectory in collect_expert_episodes(args.env, args.episodes, noise=args.noise, reply=args.reply,
-                                              seed=args.seed, progress=True):  # fmt: skip
+                                              env_kwargs=env_kwargs, seed=args.seed, progress=True):  # fmt: skip
         pending.append(trajectory)
         if len(pending) == args.batch:
             store.append(pending)  # atomic: a kill loses at most the batch in flight

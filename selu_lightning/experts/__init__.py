@@ -1,11 +1,15 @@
 """Scripted experts for the SFT stage: each reads what the policy sees, plays the right action (or, with
-``noise``, a wrong one) and explains it in RL4VLM's chain-of-thought JSON or as a bare candidate string."""
+``noise``, a wrong one) and explains it in RL4VLM's chain-of-thought JSON or as a bare candidate string.
+The household experts plan with privileged state (see :mod:`selu_lightning.experts.base`); none of them imports its
+simulator until it plays."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from selu_lightning.errors import ConfigError
+from selu_lightning.experts.alfworld import AlfWorldExpert
+from selu_lightning.experts.babyai import BabyAIExpert
 from selu_lightning.experts.base import Expert, ExpertStep, format_candidate, format_json
 from selu_lightning.experts.cards import (
     BlackjackExpert,
@@ -14,6 +18,7 @@ from selu_lightning.experts.cards import (
     NumberLineExpert,
     Points24Expert,
 )
+from selu_lightning.experts.virtualhome import VirtualHomeExpert
 
 __all__ = [
     "EXPERTS",
@@ -27,6 +32,9 @@ __all__ = [
     "EZPointsExpert",
     "Points24Expert",
     "BlackjackExpert",
+    "AlfWorldExpert",
+    "BabyAIExpert",
+    "VirtualHomeExpert",
 ]
 
 #: Env name (as ``make_env`` takes it) -> expert class.
@@ -35,6 +43,9 @@ EXPERTS: dict[str, type[Expert]] = {
     "ezpoints": EZPointsExpert,
     "points24": Points24Expert,
     "blackjack": BlackjackExpert,
+    "alfworld": AlfWorldExpert,
+    "babyai": BabyAIExpert,
+    "virtualhome": VirtualHomeExpert,
 }
 
 

@@ -8,6 +8,17 @@ information the policy could not have.
 Noise: before each step the expert draws once from the given ``rng``; with probability ``noise`` it plays a
 wrong legal action (one its own policy would not play) and writes thoughts that argue for that action, so a
 demonstration stays self-consistent while being imperfect. ``ExpertStep.correct`` records which it was.
+
+Privileged planners (demonstration only). The household envs hide what a planner needs: where an unseen object
+is (ALFWorld, VirtualHome), the grid beyond the agent's view (BabyAI). Their experts may therefore choose with
+more than the policy sees, while their thoughts only state what the observation shows and why the step is useful:
+
+- ``info`` keys the env already gives every rollout (ALFWorld's ``expert_plan``, Fast Downward's plan);
+- ``env_kwargs``: settings the env must be built with for the planner (ALFWorld's ``replan`` when noisy);
+- ``observe_env``: the env object, handed over after each reset by the collection command only (BabyAI's bot,
+  VirtualHome's graph program). Nothing else calls it, and no training code ever builds an expert.
+
+Each such expert's docstring says which of these it uses.
 """
 
 from __future__ import annotations
@@ -52,6 +63,18 @@ class Expert(ABC):
         if not 0.0 <= noise <= 1.0:
             raise ConfigError(f"{type(self).__name__}: noise must be in [0, 1] (got {noise})")
         self.noise = float(noise)
+
+    def env_kwargs(self, given: dict[str, Any]) -> dict[str, Any]:
+        """The env's kwargs for demonstrations: ``given`` plus what this expert's planner needs from the env.
+        Experts read the observation text, so ``text_state=False`` is refused here, before any episode runs."""
+        if given.get("text_state", True) is False:
+            raise ConfigError(f"{type(self).__name__} reads the observation text: build the env with text_state=True")
+        return dict(given)
+
+    def observe_env(self, env: Any) -> None:
+        """Demonstration-only hook, called by the collection command after every ``reset`` with the env about to
+        be played. Experts whose planner reads the simulator keep what it needs (see the module docstring) and
+        raise RuntimeError from ``act`` without it; the default ignores it."""
 
     def act(
         self, obs_text: str, info: dict[str, Any], legal_actions: Sequence[str], rng: np.random.Generator
