@@ -9,6 +9,9 @@ env raises one ``ConfigError`` line saying so, and never hangs: the controller's
 
 The tests drive the real Controller against ``tests/stub_thor_player.py``, a STUB player that speaks AI2-THOR's
 FIFO protocol over a four-object fake scene; it is not AI2-THOR and says nothing about real scenes.
+
+State key (GiGPO's anchor states): the default, ``obs["text"]`` (the visible objects and their states), or the
+frame's hash without ``text_state``; the agent's pose is not in it, so views that look alike share a key.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from selu_lightning.critic.tasks import SceneObject, TaskSpec, merge_objects, name_and_details, split_listing
 from selu_lightning.envs.base import TextVisualEnv, register_env
 from selu_lightning.errors import ConfigError
 
@@ -300,6 +304,47 @@ class AI2ThorEnv(TextVisualEnv):
         if error:
             info["action_error"] = self.last_error
         return self._obs(), 1.0 if terminated else 0.0, terminated, truncated, info
+
+    # -- task structure (SELU's critic: what an instruction asks, what an observation shows; never success) --
+    task_verbs = ("pick up", "open", "toggle on", "put in", "put on")
+
+    @classmethod
+    def task_spec(cls, instruction: str) -> TaskSpec | None:
+        """Verb and object names (spelled as the scene's) of an instruction as the env writes it
+        ("Put the Apple in the Fridge.")."""
+        text = " ".join(instruction.strip().rstrip(".").split())
+        lower = text.lower()
+        if lower.startswith("put the "):
+            for prep in ("in", "on"):
+                at = lower.find(f" {prep} the ", len("put the "))
+                if at > len("put the ") and len(text) > at + len(prep) + 6:
+                    return TaskSpec(f"put {prep}", (text[len("put the ") : at], text[at + len(prep) + 6 :]))
+            return None
+        for verb in cls.task_verbs[:3]:
+            if lower.startswith(f"{verb} the ") and len(text) > len(verb) + 5:
+                return TaskSpec(verb, (text[len(verb) + 5 :],))
+        return None
+
+    @classmethod
+    def task_instruction(cls, spec: TaskSpec) -> str:
+        """The instruction the env writes for a spec."""
+        if spec.verb in ("put in", "put on"):
+            return f"Put the {spec.object} {spec.verb[4:]} the {spec.target}."
+        return f"{spec.verb.capitalize()} the {spec.object}."
+
+    @classmethod
+    def scene_objects(cls, observation: str) -> list[SceneObject]:
+        """Objects an observation's text lists: the visible ones with their states ("open", "off") and the held
+        one ("held")."""
+        items: list[tuple[str, list[str]]] = []
+        for line in observation.splitlines():
+            if line.startswith("You see: "):
+                seen, _, held = line[len("You see: ") :].rstrip(".").rpartition(". You hold: ")
+                if seen != "nothing":
+                    items += [name_and_details(item) for item in split_listing(seen)]
+                if held and held != "nothing":
+                    items.append((held, ["held"]))
+        return merge_objects(items)
 
     def render(self) -> np.ndarray:
         return self._frame

@@ -2,13 +2,19 @@
 
 Needs ``pip install minigrid==3.2.0``. Rendering is pure numpy; pygame is imported by minigrid but never opens a
 window here (``SDL_VIDEODRIVER=dummy`` is set before the import, so headless machines work).
+
+State key (GiGPO's anchor states, :meth:`BabyAIEnv.state_key`): the level, the agent's cell and direction, what it
+carries and the whole grid's encoding (doors open or closed, objects moved): the full MiniGrid state, not the
+agent's partial view (two cells can look alike).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
+import re
 
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
@@ -21,6 +27,7 @@ from minigrid.core.actions import Actions  # noqa: E402
 from minigrid.minigrid_env import MiniGridEnv  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from selu_lightning.critic.tasks import SceneObject, TaskSpec, merge_objects, split_listing  # noqa: E402
 from selu_lightning.envs.base import TextVisualEnv, register_env  # noqa: E402
 
 __all__ = ["BabyAIEnv", "ACTIONS", "DEFAULT_LEVELS"]
@@ -45,6 +52,16 @@ DEFAULT_LEVELS = (
 )
 
 _NO_OP = Actions.done
+
+# Single-clause missions (BabyAI's grammar): "<verb> the|a [colour] type [location]"; composite ones do not match.
+_OBJ = (r"(?:the|a) (?:(red|green|blue|purple|yellow|grey) )?(box|ball|key|door)"
+        r"(?: (?:in front of you|behind you|on your left|on your right))?")
+_MISSIONS = {
+    "go to": re.compile(rf"go to {_OBJ}"),
+    "pick up": re.compile(rf"pick up {_OBJ}"),
+    "open": re.compile(rf"open {_OBJ}"),
+    "put next to": re.compile(rf"put {_OBJ} next to {_OBJ}"),
+}
 
 
 @register_env("babyai")
@@ -211,6 +228,50 @@ class BabyAIEnv(TextVisualEnv):
 
     def _obs(self) -> dict[str, Any]:
         return {"image": self.render(), "text": self.describe() if self.text_state else ""}
+
+    # -- task structure (SELU's critic: what a mission asks, what an observation shows; never success) ----
+    task_verbs = ("go to", "pick up", "open", "put next to")
+
+    @classmethod
+    def task_spec(cls, instruction: str) -> TaskSpec | None:
+        """Verb and object names ("red ball"; location phrases such as "in front of you" are dropped) of a
+        single-clause mission; None for composite ones ("... and ...", "... then ...", "after you ...")."""
+        text = " ".join(instruction.strip().lower().rstrip(".").split())
+        for verb, pattern in _MISSIONS.items():
+            match = pattern.fullmatch(text)
+            if match:
+                names = [" ".join(p for p in match.group(g, g + 1) if p) for g in range(1, match.re.groups, 2)]
+                return TaskSpec(verb, tuple(names))
+        return None
+
+    @classmethod
+    def task_instruction(cls, spec: TaskSpec) -> str:
+        """A mission in BabyAI's wording for a spec."""
+        if spec.verb == "put next to":
+            return f"put the {spec.object} next to the {spec.target}"
+        return f"{spec.verb} the {spec.object}"
+
+    @classmethod
+    def scene_objects(cls, observation: str) -> list[SceneObject]:
+        """Objects ``describe`` lists: in front ("in front"), seen, carried ("carried"), with door states."""
+        items: list[tuple[str, list[str]]] = []
+        for line in observation.splitlines():
+            head, _, rest = line.rstrip(".").partition(": ")
+            extra = {"In front of you": ["in front"], "You carry": ["carried"], "You see": []}.get(head)
+            if extra is None:
+                continue
+            for item in split_listing(rest, ";") if head == "You see" else [rest]:
+                name, *states = [p.strip() for p in re.sub(r" \([^()]*\)$", "", item).split(",")]
+                if name.startswith(("a ", "an ")) and name != "a wall":
+                    items.append((name.split(" ", 1)[1], [*states, *extra]))
+        return merge_objects(items)
+
+    def state_key(self, obs: dict[str, Any], info: dict[str, Any]) -> tuple:
+        """The full MiniGrid state: level, agent cell and direction, carried object, grid encoding (hashed)."""
+        env = self.minigrid_env
+        carrying = tuple(int(v) for v in env.carrying.encode()) if env.carrying is not None else None
+        grid = hashlib.sha1(np.ascontiguousarray(env.grid.encode()).tobytes()).hexdigest()
+        return (self._level, tuple(int(v) for v in env.agent_pos), int(env.agent_dir), carrying, grid)
 
     def _info(self, illegal: bool) -> dict[str, Any]:
         return {

@@ -5,6 +5,10 @@ package's ``__init__`` crashes on import, so the simulator is imported as top-le
 ``<site-packages>/virtualhome/simulation``. The package ships no scene graphs: the apartments used here are in
 ``selu_lightning/envs/data/virtualhome/*.json`` (evolving-graph format: nodes with class, category, properties,
 states; edges INSIDE / ON / CLOSE / FACING). Any graph in that format can be passed as a scene by path.
+
+State key (GiGPO's anchor states): the default, ``obs["text"]`` (room, posture, what is held, what is close and
+visible, with states), or the frame's hash without ``text_state``. It names what the agent observes, not the whole
+graph: objects out of sight do not enter it.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from selu_lightning.critic.tasks import SceneObject, TaskSpec, merge_objects, name_and_details, split_listing
 from selu_lightning.envs.base import TextVisualEnv, register_env
 from selu_lightning.envs.render import render_scene
 
@@ -471,6 +476,49 @@ class VirtualHomeEnv(TextVisualEnv):
             text += f"\nOther rooms: {', '.join(others)}."
         self._frame = image
         return {"image": image, "text": text}
+
+    # -- task structure (SELU's critic: what an instruction asks, what an observation shows; never success) --
+    task_verbs = ("pick up", "open", "switch on", "sit on", "put in", "put on")
+
+    @classmethod
+    def task_spec(cls, instruction: str) -> TaskSpec | None:
+        """Verb and object names of an instruction as ``goal_text`` writes it ("Put the apple in the fridge.")."""
+        text = _norm(instruction).rstrip(".")
+        if text.startswith("put the "):
+            for prep in ("in", "on"):
+                obj, found, dest = text[len("put the ") :].partition(f" {prep} the ")
+                if found and obj and dest:
+                    return TaskSpec(f"put {prep}", (obj, dest))
+            return None
+        for verb in cls.task_verbs[:4]:
+            obj = text.removeprefix(f"{verb} the ")
+            if obj != text and obj:
+                return TaskSpec(verb, (obj,))
+        return None
+
+    @classmethod
+    def task_instruction(cls, spec: TaskSpec) -> str:
+        """The instruction ``goal_text`` writes for a spec."""
+        if spec.verb in ("put in", "put on"):
+            return f"Put the {spec.object} {spec.verb[4:]} the {spec.target}."
+        return f"{spec.verb.capitalize()} the {spec.object}."
+
+    @classmethod
+    def scene_objects(cls, observation: str) -> list[SceneObject]:
+        """Objects an observation's text lists: held ("held"), sat on ("sat on"), close and seen, with the states
+        and places the text gives ("open", "off", "in fridge")."""
+        items: list[tuple[str, list[str]]] = []
+        for line in observation.splitlines():
+            if line.startswith("You are in the "):
+                where, _, held = line.rstrip(".").rpartition(", holding ")
+                seat = where.partition(", sitting on the ")[2]
+                items += [(seat, ["sat on"])] if seat else []
+                items += [(name, ["held"]) for name in held.split(" and ") if name != "nothing"]
+            for prefix in ("Close to you: ", "You see: "):
+                if line.startswith(prefix):
+                    listed = split_listing(line[len(prefix) :].rstrip("."))
+                    items += [name_and_details(item) for item in listed if item != "nothing else"]
+        return merge_objects(items)
 
     def render(self) -> np.ndarray:
         return self._frame

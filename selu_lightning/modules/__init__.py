@@ -2,5 +2,7 @@
 
 from selu_lightning.modules.actor_ppo import ActorPPO
 from selu_lightning.modules.actor_sft import ActorSFT
+from selu_lightning.modules.critic import SELUCritic
+from selu_lightning.modules.latent_pretrain import LatentActionPretrain
 
-__all__ = ["ActorPPO", "ActorSFT"]
+__all__ = ["ActorPPO", "ActorSFT", "SELUCritic", "LatentActionPretrain"]

@@ -22,9 +22,9 @@ from selu_lightning.action_spaces.text import TextActionSpace
 from selu_lightning.data.trajectories import Trajectory
 from selu_lightning.errors import ConfigError
 from selu_lightning.modules.agent import VLMAgent, eval_mode
-from selu_lightning.policy.vlm import PolicyConfig
+from selu_lightning.policy.vlm import PolicyConfig, VLMPolicy
 
-__all__ = ["ActorSFT"]
+__all__ = ["ActorSFT", "response_example", "response_cross_entropy"]
 
 
 class ActorSFT(VLMAgent):
@@ -77,26 +77,39 @@ class ActorSFT(VLMAgent):
 
     def _example(self, step: Any) -> dict[str, Any]:
         """One recorded step as the policy would see it, and the tokens it should write (then EOS)."""
-        policy = self.policy
-        frame = step.frame if self.action_space.with_image else None
-        if self.action_space.with_image and frame is None:
+        if self.action_space.with_image and step.frame is None:
             raise ConfigError("the action space puts the frame in the prompt, but the recorded step has no frame")
-        prompt = policy.encode_prompt(user_message(step.prompt, self.action_space.with_image), frame)
-        ids = policy.tokenizer(step.response, add_special_tokens=False)["input_ids"]
-        eos = next(iter(policy.eos_token_ids))
-        return {"prompt": prompt, "response": torch.tensor([*ids, eos], dtype=torch.long)}
+        return response_example(self.policy, step.prompt, step.frame, step.response, self.action_space.with_image)
 
     # ------------------------------------------------------------------ update
     def sft_loss(self, batch: dict[str, Any]) -> torch.Tensor:
         """Mean next-token cross-entropy over every response token of the minibatch (fp32)."""
-        samples = batch["samples"]
         with eval_mode(self, self._update_eval_modules()):
-            out = self.policy.backbone([s["prompt"] for s in samples], [s["response"] for s in samples])
-            logprobs, _ = self.policy.continuation_logprobs(out, [s["response"] for s in samples])
-        return -torch.cat(logprobs).float().mean()
+            return response_cross_entropy(self.policy, batch["samples"])
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.sft_loss(batch)
         n = len(batch["samples"])
         self.log("train/loss_sft", loss.detach(), on_epoch=True, on_step=False, batch_size=n, sync_dist=True, prog_bar=True)
         return loss
+
+
+# ---------------------------------------------------------------------- shared with the SELU critic
+def response_example(
+    policy: VLMPolicy, text: str, frame: Any, response: str, with_image: bool
+) -> dict[str, Any]:
+    """A (prompt, response) example: the user turn ``text`` (with ``frame`` when ``with_image``) encoded as the
+    policy encodes prompts, and the response's tokens followed by EOS (so the model learns to stop)."""
+    prompt = policy.encode_prompt(user_message(text, with_image), frame if with_image else None)
+    ids = policy.tokenizer(response, add_special_tokens=False)["input_ids"]
+    eos = next(iter(policy.eos_token_ids))
+    return {"prompt": prompt, "response": torch.tensor([*ids, eos], dtype=torch.long)}
+
+
+def response_cross_entropy(policy: VLMPolicy, samples: Sequence[dict[str, Any]]) -> torch.Tensor:
+    """Mean next-token cross-entropy over every response token of the samples (fp32); prompt and image tokens
+    carry no loss. The caller picks the dropout mode."""
+    responses = [s["response"] for s in samples]
+    out = policy.backbone([s["prompt"] for s in samples], responses)
+    logprobs, _ = policy.continuation_logprobs(out, responses)
+    return -torch.cat(logprobs).float().mean()

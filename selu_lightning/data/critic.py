@@ -1,0 +1,123 @@
+"""CriticDataModule: the runner of SELU's critic. Training episodes come from TrajectoryStores read WITHOUT ground
+truth; held-out episodes come with their success label kept apart from them (``JudgedEpisodes``).
+
+This module and :func:`judged_batches` are evaluation code: the only place the critic's ground truth is read
+(invariant 7). The critic (``SELUCritic.build_train_data``) turns the training episodes into its own examples.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from selu_lightning.data.store import TrajectoryStore
+from selu_lightning.data.trajectories import Trajectory
+from selu_lightning.errors import ConfigError
+from selu_lightning.rewards.base import judged_view
+
+__all__ = ["CriticDataModule", "JudgedEpisodes", "judged_batches"]
+
+
+class JudgedEpisodes:
+    """One evaluation batch: episodes as a judge sees them (no ground truth, no env rewards) and, apart, whether
+    each succeeded. A plain object, so Lightning neither copies nor moves it."""
+
+    def __init__(self, trajectories: list[Trajectory], labels: list[bool] | None) -> None:
+        """``labels``: each episode's ground-truth success (None for prediction, which needs none)."""
+        if labels is not None and len(trajectories) != len(labels):
+            raise ValueError(f"{len(trajectories)} episodes but {len(labels)} labels")
+        self.trajectories, self.labels = trajectories, labels
+
+    def __len__(self) -> int:
+        return len(self.trajectories)
+
+
+def judged_batches(trajectories: Sequence[Trajectory], batch_size: int) -> list[JudgedEpisodes]:
+    """Episodes read WITH ground truth, split into judged views and success labels (evaluation only)."""
+    missing = [t.episode_id for t in trajectories if "success" not in t.ground_truth]
+    if missing:
+        raise ConfigError(f"held-out episodes without a ground-truth success (e.g. {missing[0]}): was the store "
+                          "written by a rollout or collector that records it?")  # fmt: skip
+    out = []
+    for k in range(0, len(trajectories), batch_size):
+        chunk = trajectories[k : k + batch_size]
+        out.append(JudgedEpisodes([judged_view(t) for t in chunk], [bool(t.ground_truth["success"]) for t in chunk]))
+    return out
+
+
+def _identity(batch: Any) -> Any:
+    return batch
+
+
+class CriticDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        trajectories: str | list[str],
+        val_trajectories: str | None = None,
+        test_trajectories: str | None = None,
+        env: str | None = None,
+        max_episodes: int | None = None,
+        eval_batch_size: int = 16,
+    ) -> None:
+        """
+        Args:
+            trajectories: TrajectoryStore folder(s) of the actor's episodes to learn from (ground truth not read).
+            val_trajectories: A store of held-out episodes scored against their ground truth (``val/critic_*``).
+            test_trajectories: The same for ``selu test``.
+            env: The env the stores must have been recorded in (null: not checked).
+            max_episodes: Learn from the first this many stored episodes (null: all).
+            eval_batch_size: Held-out episodes per evaluation batch.
+        """
+        super().__init__()
+        self.train_stores = [trajectories] if isinstance(trajectories, str) else list(trajectories)
+        if not self.train_stores:
+            raise ConfigError("data.trajectories must name at least one TrajectoryStore folder")
+        if eval_batch_size < 1:
+            raise ConfigError(f"data.eval_batch_size must be >= 1 (got {eval_batch_size})")
+        self.val_store, self.test_store = val_trajectories, test_trajectories
+        self.env, self.max_episodes, self.eval_batch_size = env, max_episodes, eval_batch_size
+        self._train_loader: Any = None
+
+    def _open(self, path: str, key: str) -> TrajectoryStore:
+        try:
+            store = TrajectoryStore(path)
+            recorded = store.metadata.get("env")
+        except FileNotFoundError as err:
+            raise ConfigError(f"data.{key}: {err}") from None
+        if self.env is not None and recorded not in (None, self.env):
+            raise ConfigError(f"data.{key} {path!r} was recorded in env {recorded!r}, data.env is {self.env!r}")
+        return store
+
+    def train_dataloader(self) -> Any:
+        """The critic's examples from the stored episodes, built once per run (the loader reshuffles)."""
+        if self._train_loader is None:
+            episodes = [t for p in self.train_stores for t in self._open(p, "trajectories").iter_trajectories()]
+            if self.max_episodes is not None:
+                episodes = episodes[: self.max_episodes]
+            self._train_loader = self.trainer.lightning_module.build_train_data(episodes)
+        return self._train_loader
+
+    def _eval_loader(self, path: str | None, key: str) -> DataLoader:
+        if path is None:
+            raise ConfigError(f"data.{key} is not set: name a TrajectoryStore of held-out episodes")
+        episodes = self._open(path, key).read(with_ground_truth=True)  # evaluation: the one ground-truth read
+        return DataLoader(judged_batches(episodes, self.eval_batch_size), batch_size=None, collate_fn=_identity)
+
+    def val_dataloader(self) -> Any:
+        if self.val_store is None:
+            return []
+        return self._eval_loader(self.val_store, "val_trajectories")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.test_store, "test_trajectories")
+
+    def predict_dataloader(self) -> DataLoader:
+        """The test store's episodes, judged without their ground truth (``selu predict``: p(yes) per episode)."""
+        if self.test_store is None:
+            raise ConfigError("data.test_trajectories is not set: name a TrajectoryStore to judge")
+        episodes = list(self._open(self.test_store, "test_trajectories").iter_trajectories())
+        n = self.eval_batch_size
+        batches = [JudgedEpisodes(episodes[k : k + n], None) for k in range(0, len(episodes), n)]
+        return DataLoader(batches, batch_size=None, collate_fn=_identity)

@@ -1,0 +1,277 @@
+"""SELUCritic: a VLM that learns, without any environment reward, to judge whether an episode achieved its
+instruction from the episode's final observation (SELU, Li et al. 2024).
+
+1. data      :meth:`build_train_data`: the critic asks itself about each episode's final observation and labels
+             its own examples (self-asking, hindsight relabeling, optional negatives:
+             :mod:`selu_lightning.critic.data`). Episodes are read without ground truth (invariant 7).
+2. update    :meth:`training_step`: next-token cross-entropy on the answer tokens only ("Yes"/"No" + EOS),
+             ActorSFT's loss on the critic's own examples.
+3. judge     :meth:`verdict`: p(yes) for (final frame, instruction) pairs, yes / (yes + no) over the first answer
+             token, batched (in chunks of ``chunk_size``); :meth:`answer`: short greedy free text (hindsight).
+4. evaluate  held-out episodes whose ground truth comes apart from them in the batch (``JudgedEpisodes``, from
+             ``CriticDataModule``: the only reader of ground truth): ``val/critic_accuracy``, ``_precision``,
+             ``_recall``, ``_f1``, ``_auroc`` (torchmetrics).
+Its checkpoint judges for ActorPPO through ``CriticReward`` (``model.policy.init_from``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from torchmetrics import MetricCollection
+from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryF1Score, BinaryPrecision, BinaryRecall
+
+from selu_lightning.action_spaces.base import user_message
+from selu_lightning.critic.data import (
+    CriticDataStats,
+    CriticExample,
+    CriticQuery,
+    LabelingConfig,
+    build_critic_examples,
+)
+from selu_lightning.critic.questions import CriticQuestions
+from selu_lightning.critic.tasks import task_structure
+from selu_lightning.data.trajectories import Trajectory
+from selu_lightning.errors import ConfigError
+from selu_lightning.modules.actor_sft import response_cross_entropy, response_example
+from selu_lightning.modules.agent import VLMAgent, eval_mode
+from selu_lightning.policy.vlm import PolicyConfig, PromptSample
+
+__all__ = ["SELUCritic", "yes_probability"]
+
+
+def yes_probability(logits: torch.Tensor, yes_id: int, no_id: int) -> torch.Tensor:
+    """[B] fp32 p(yes) normalised against p(no) from [B, V] next-token logits: yes / (yes + no), i.e. a
+    sigmoid of the logit difference (the rest of the vocabulary does not enter)."""
+    logits = logits.float()
+    return torch.sigmoid(logits[:, yes_id] - logits[:, no_id])
+
+
+class SELUCritic(VLMAgent):
+    def __init__(
+        self,
+        policy: PolicyConfig,
+        env: str,
+        questions: CriticQuestions | None = None,
+        labeling: LabelingConfig | None = None,
+        with_image: bool = True,
+        observation_text: bool = False,
+        answer_max_new_tokens: int = 12,
+        chunk_size: int = 16,
+        minibatch_size: int = 16,
+        lr: float = 1e-4,
+        lr_min: float = 1e-6,
+        lr_schedule: Literal["cosine", "constant"] = "cosine",
+        lr_schedule_updates: int | None = None,
+        weight_decay: float = 0.0,
+        max_nonfinite_steps: int = 5,
+        seed: int = 0,
+    ) -> None:
+        """
+        Args:
+            policy: The critic VLM: checkpoint, dtype, LoRA or full (no value head: ``value_head_widths: null``).
+            env: The env whose instructions and observations the critic reads (its task structure), e.g.
+                ``virtualhome``.
+            questions: How questions are worded (per-verb templates, self-asking or direct).
+            labeling: How the critic labels its own data (threshold, hindsight relabeling, negatives).
+            with_image: Show the final frame (SELU judges from the frame).
+            observation_text: Also show the final observation's text (off in the paper: it states the scene).
+            answer_max_new_tokens: Length limit of free-text (hindsight) answers.
+            chunk_size: Most questions in one forward pass (bounds memory; verdicts are batched within it).
+            minibatch_size: Examples per training step (per rank).
+            lr: Peak learning rate (AdamW).
+            lr_min: Final learning rate of the cosine schedule.
+            lr_schedule: ``cosine`` from lr to lr_min over the run's epochs, or ``constant``.
+            lr_schedule_updates: Length of the cosine schedule in epochs; null: from what bounds the run.
+            weight_decay: AdamW weight decay.
+            max_nonfinite_steps: Optimizer steps with NaN/inf gradients are skipped; this many in a row stop the run.
+            seed: Seeds the order of examples (with the rank).
+        """
+        super().__init__(policy, action_space=None)  # the critic judges; it never acts in an env
+        self.save_hyperparameters(ignore=["policy", "questions", "labeling"])
+        if policy.value_head_widths is not None:
+            raise ConfigError("SELUCritic has no value head: set model.policy.value_head_widths: null")
+        if not (with_image or observation_text):
+            raise ConfigError("SELUCritic sees nothing of the final observation: set with_image or observation_text")
+        for key, value in (("minibatch_size", minibatch_size), ("chunk_size", chunk_size),
+                           ("answer_max_new_tokens", answer_max_new_tokens)):  # fmt: skip
+            if value < 1:
+                raise ConfigError(f"model.{key} must be >= 1 (got {value})")
+        self.questions = questions or CriticQuestions()
+        self.labeling = labeling or LabelingConfig()
+        yes, no = self.questions.answer_yes.strip(), self.questions.answer_no.strip()
+        if not yes or yes == no:
+            raise ConfigError(f"model.questions.answer_yes and .answer_no must be two different words (got {yes!r}, "
+                              f"{no!r})")  # fmt: skip
+        self.structure = task_structure(env)
+        self.templates = self.questions.resolved(env, self.structure.task_verbs)
+        self.data_stats: CriticDataStats | None = None
+        self.last_examples: list[CriticExample] = []
+        threshold = self.labeling.threshold
+        metrics = lambda: MetricCollection({  # noqa: E731
+            "accuracy": BinaryAccuracy(threshold), "precision": BinaryPrecision(threshold),
+            "recall": BinaryRecall(threshold), "f1": BinaryF1Score(threshold), "auroc": BinaryAUROC(),
+        })  # fmt: skip
+        self.val_metrics, self.test_metrics = metrics(), metrics()
+
+    # ------------------------------------------------------------------ setup
+    def check_env(self, env_cls: type) -> None:
+        raise ConfigError("SELUCritic learns from recorded episodes: use data: CriticDataModule, not an env runner")
+
+    def decide(self, *args: Any, **kwargs: Any) -> Any:
+        raise ConfigError("SELUCritic judges episodes; it does not act (use an actor module to play episodes)")
+
+    def configure_model(self) -> None:
+        super().configure_model()
+        tok = self.policy.tokenizer
+        words = (self.questions.answer_yes, self.questions.answer_no)
+        first = [tok(w, add_special_tokens=False)["input_ids"][:1] for w in words]
+        if not all(first) or first[0] == first[1]:
+            raise ConfigError(
+                f"the answer words {words[0]!r} and {words[1]!r} must start with different tokens (p(yes) compares "
+                "their first tokens): change model.questions.answer_yes / .answer_no"
+            )
+        self._yes_id, self._no_id = first[0][0], first[1][0]
+
+    # ------------------------------------------------------------------ prompts
+    def user_text(self, query: CriticQuery, template: str) -> str:
+        """The user turn for a question: the template around it, after the observation's text if shown."""
+        text = template.format(question=query.question)
+        return f"Observation: {query.observation}\n{text}" if self.hparams.observation_text else text
+
+    def _frame(self, query: CriticQuery) -> np.ndarray | None:
+        if not self.hparams.with_image:
+            return None
+        if query.frame is None:
+            raise ConfigError("the critic judges from the final frame, but an episode has none: record with frames "
+                              "(data.keep_frames: true) or set model.with_image: false")  # fmt: skip
+        return query.frame
+
+    def _encode(self, queries: Sequence[CriticQuery], template: str) -> list[PromptSample]:
+        with_image = self.hparams.with_image
+        return [self.policy.encode_prompt(user_message(self.user_text(q, template), with_image), self._frame(q))
+                for q in queries]  # fmt: skip
+
+    def _chunks(self, queries: Sequence[CriticQuery]) -> list[Sequence[CriticQuery]]:
+        size = self.hparams.chunk_size
+        return [queries[k : k + size] for k in range(0, len(queries), size)]
+
+    # ------------------------------------------------------------------ judging
+    @torch.no_grad()
+    def p_yes(self, queries: Sequence[CriticQuery]) -> torch.Tensor:
+        """[B] fp32 p(yes) (against p(no)) for yes/no questions, one teacher-forced pass per chunk (no dropout)."""
+        out: list[torch.Tensor] = []
+        lm_head = self.policy.hf_model.get_output_embeddings()
+        with eval_mode(self, self._submodules()), self._precision():
+            for chunk in self._chunks(list(queries)):
+                prompts = self._encode(chunk, self.questions.answer_prompt)
+                hidden = self.policy.backbone(prompts, [torch.zeros(0, dtype=torch.long)] * len(prompts))
+                logits = lm_head(hidden.last_prompt_hidden())
+                out.append(yes_probability(logits, self._yes_id, self._no_id).cpu())
+        return torch.cat(out) if out else torch.zeros(0)
+
+    def verdict(
+        self,
+        frames: Sequence[np.ndarray | None],
+        instructions: Sequence[str],
+        observations: Sequence[str] | None = None,
+    ) -> torch.Tensor:
+        """[B] fp32 p(yes) that each final observation shows its instruction done. The question is the verb's
+        self-asking one (the direct one under ``questions.style: direct``, or for an instruction whose verb the
+        env's task structure cannot read)."""
+        if len(frames) != len(instructions) or (observations is not None and len(observations) != len(frames)):
+            raise ValueError("verdict needs one frame (and observation) per instruction")
+        observations = observations if observations is not None else [""] * len(frames)
+        queries = [
+            CriticQuery(f, o, self.questions.ask(self.templates, self.structure.task_spec(i), i))
+            for f, i, o in zip(frames, instructions, observations)
+        ]
+        return self.p_yes(queries)
+
+    def judge_episodes(self, trajectories: Sequence[Trajectory]) -> torch.Tensor:
+        """:meth:`verdict` on episodes' final observations and instructions."""
+        return self.verdict([t.final_frame for t in trajectories], [t.goal for t in trajectories],
+                            [t.final_observation for t in trajectories])  # fmt: skip
+
+    @torch.no_grad()
+    def answer(self, queries: Sequence[CriticQuery], max_new_tokens: int | None = None) -> list[str]:
+        """A short greedy free-text answer per question (hindsight: "Which object is open?")."""
+        limit = max_new_tokens or self.hparams.answer_max_new_tokens
+        answers: list[str] = []
+        with eval_mode(self, self._submodules()), self._precision():
+            for chunk in self._chunks(list(queries)):
+                prompts = self._encode(chunk, self.questions.hindsight_prompt)
+                ids = self.policy.generate(prompts, max_new_tokens=limit, temperature=1.0, greedy=True)
+                answers += [self.policy.tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
+        return answers
+
+    # ------------------------------------------------------------------ episodes -> examples
+    def build_train_data(self, episodes: Any) -> DataLoader:
+        """The critic's own examples (self-asking + hindsight, answered by the critic as it is now) from episodes
+        (a list of Trajectory, or a Rollout's finished ones), shuffled each epoch with a seeded generator."""
+        trajectories: Sequence[Trajectory] = getattr(episodes, "trajectories", episodes)
+        examples, stats = build_critic_examples(
+            trajectories, self.structure, self.questions, self.templates,
+            judge=lambda qs: self.p_yes(qs).tolist(), ask=self.answer, labeling=self.labeling,
+        )  # fmt: skip
+        self.data_stats, self.last_examples = stats, examples
+        if not examples:
+            raise ConfigError(f"the critic built no training examples from {stats.episodes} episodes ({stats})")
+        words = {"yes": self.questions.answer_yes, "no": self.questions.answer_no}
+        samples = [self._sample(e, words[e.answer]) for e in examples]
+        rank = self.global_rank if self._trainer is not None else 0
+        generator = torch.Generator().manual_seed(int(self.hparams.seed) * 1000003 + rank)
+        return DataLoader(
+            samples, batch_size=self.hparams.minibatch_size, shuffle=True, generator=generator,
+            collate_fn=lambda items: {"samples": list(items)},
+        )  # fmt: skip
+
+    def _sample(self, example: CriticExample, answer: str) -> dict[str, Any]:
+        """An example as the critic is asked it (the same prompt :meth:`p_yes` builds) and its answer's tokens."""
+        query = CriticQuery(example.frame, example.observation, example.question)
+        text = self.user_text(query, self.questions.answer_prompt)
+        return response_example(self.policy, text, self._frame(query), answer, self.hparams.with_image)
+
+    # ------------------------------------------------------------------ update
+    def critic_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Mean cross-entropy over the answer tokens of the minibatch (fp32)."""
+        with eval_mode(self, self._update_eval_modules()):
+            return response_cross_entropy(self.policy, batch["samples"])
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self.critic_loss(batch)
+        n = len(batch["samples"])
+        self.log("train/loss_critic", loss.detach(), on_epoch=True, on_step=False, batch_size=n, sync_dist=True,
+                 prog_bar=True)  # fmt: skip
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        """The data's statistics (examples per verb, relabel rate, dropped answers): the same on every rank."""
+        metrics = self.data_stats.as_metrics() if self.data_stats is not None else {}
+        metrics["train/nonfinite_steps"] = float(self._nonfinite_epoch)
+        self._nonfinite_epoch = 0
+        self.log_dict(metrics, on_epoch=True, sync_dist=False)
+
+    # ------------------------------------------------------------------ evaluation against ground truth
+    def _judge_step(self, batch: Any, stage: str, metrics: MetricCollection) -> None:
+        """``batch``: ``JudgedEpisodes`` (episodes without ground truth, their success labels apart)."""
+        p = self.judge_episodes(batch.trajectories).to(self.device)
+        labels = torch.as_tensor(batch.labels, dtype=torch.long, device=self.device)
+        metrics.update(p, labels)
+        n = len(batch)
+        self.log_dict({f"{stage}/critic_{k}": m for k, m in metrics.items()}, on_epoch=True, batch_size=n)
+        self.log(f"{stage}/critic_p_yes", p.mean(), on_epoch=True, batch_size=n, sync_dist=True)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._judge_step(batch, "val", self.val_metrics)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._judge_step(batch, "test", self.test_metrics)
+
+    def predict_step(self, batch: Any, batch_idx: int) -> list[dict[str, Any]]:
+        """Each episode's id and p(yes)."""
+        p = self.judge_episodes(batch.trajectories).tolist()
+        return [{"episode_id": t.episode_id, "p_yes": v} for t, v in zip(batch.trajectories, p)]
