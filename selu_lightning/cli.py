@@ -21,6 +21,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from jsonargparse import set_parsing_settings
 
 import selu_lightning.data  # noqa: F401  (the DataModules, for class_path and --help)
 import selu_lightning.modules  # noqa: F401  (the LightningModules, for class_path and --help)
@@ -29,9 +30,12 @@ from selu_lightning.errors import ConfigError
 
 __all__ = ["SeluCLI", "main"]
 
+# The options of dataclass settings (model.policy.*, its lora.*) are described by their attribute docstrings.
+set_parsing_settings(docstring_parse_attribute_docstrings=True)
+
 DESCRIPTION = (
-    "selu: train vision-language agents that learn by acting (RL4VLM's PPO; SELU's critic and latent actions "
-    "to come) with PyTorch Lightning. `selu fit -c configs/quickstart.yaml` trains; `--model.help CLASS` and "
+    "selu: train vision-language agents that learn by acting (RL4VLM's SFT and PPO, GRPO / GiGPO, SELU's "
+    "critic, latent actions) with PyTorch Lightning. `selu fit -c configs/quickstart.yaml` trains; `--model.help CLASS` and "
     "`--data.help CLASS` show a component's options."
 )
 
@@ -68,6 +72,27 @@ class SeluCLI(LightningCLI):
         parser = super().init_parser(**kwargs)
         parser.add_argument("--version", action="version", version=f"selu_lightning {__version__}")
         return parser
+
+    def _add_arguments(self, parser: Any) -> None:
+        """Lightning's arguments, with this project's (``--model``, ``--data``, ``--ckpt_path``) listed first in
+        ``--help`` and in the usage line, before the Trainer's ~40 options."""
+        super()._add_arguments(parser)
+        ours = ("model", "data", "ckpt_path")
+
+        def first(name: str) -> bool:
+            return name.lstrip("-").split(".")[0] in ours
+
+        groups = parser._action_groups
+        mine = [g for g in groups if any(first(o) for a in g._group_actions for o in a.option_strings)]
+        base = [g for g in groups if g.title in ("positional arguments", "options")]
+        parser._action_groups = base + mine + [g for g in groups if g not in base and g not in mine]
+        def rank(action: Any) -> int:
+            if not action.option_strings or action.option_strings[0] in ("-h", "-c"):
+                return 0
+            return 1 if any(first(o) for o in action.option_strings) else 2
+
+        for actions in [parser._actions] + [g._group_actions for g in parser._action_groups]:
+            actions.sort(key=rank)
 
     def _instantiate_trainer(self, config: dict, callbacks: list) -> L.Trainer:
         """Lightning's trainer with the rollout-aware progress bar, unless the config has a bar or none."""

@@ -43,12 +43,19 @@ def test_help_documents_every_option(capsys):
     class's options from its docstrings."""
     code, out, _ = run_cli(["fit", "--help"], capsys)
     assert code == 0 and "--model.help" in out and "--data.help" in out
+    # This project's options come before the Trainer's forty, in the usage line and in the option list.
+    usage, options = out.split("\n\n", 1)
+    for text in (usage, options):
+        assert text.index("--model") < text.index("--data") < text.index("--trainer.accelerator")
     code, out, _ = run_cli(["fit", "--model.help", "ActorPPO"], capsys)
     assert code == 0
     for option in ("--model.policy.model_name_or_path", "--model.action_space", "--model.clip",
                    "--model.dropout_in_update", "--model.gamma", "--model.ppo_epochs", "--model.reward"):
         assert option in out
     assert "PPO ratio clip range epsilon" in out  # docstrings become help text
+    # The policy's dataclass settings are described by their attribute docstrings.
+    words = " ".join(out.split())
+    assert "whose trained weights (LoRA adapters" in words and "Hidden widths of the value MLP" in words
     code, out, _ = run_cli(["fit", "--data.help", "RolloutDataModule"], capsys)
     assert code == 0 and "--data.num_envs" in out and "Env steps per rank per epoch" in out
 
