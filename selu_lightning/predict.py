@@ -14,7 +14,7 @@ __all__ = ["EpisodeRecordWriter"]
 
 
 class EpisodeRecordWriter(BasePredictionWriter):
-    """Writes ``<run dir>/predictions[-rank<r>].jsonl`` (seed, return, length, success per episode) as batches
+    """Writes ``<run dir>/predictions[-rank<r>].jsonl`` (seed, return, length, success, parse failures per episode) as batches
     finish, so an interrupted predict keeps what it played, and prints where it went with the success rate."""
 
     def __init__(self, out_dir: str) -> None:

@@ -43,3 +43,31 @@ def test_training_episodes_are_recorded_when_asked(tmp_path):
     finished = len(store)
     assert finished > 0 and finished == len({e.episode_id for e in store.read()})
     assert all(len(e.steps) >= 1 and e.final_frame is not None for e in store.read())
+
+
+def test_predict_stores_the_episodes_a_checkpoint_plays(tmp_path, monkeypatch):
+    """Collection from any policy: ``selu predict`` with ``data.record_to`` stores every held-out episode with
+    the policy's own prompts and responses, seeds and ground truth apart, and they match its JSON records."""
+    import json
+
+    from pathlib import Path
+
+    from selu_lightning.cli import main
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    runs = tmp_path / "runs"
+    main(["fit", "-c", "configs/quickstart.yaml", "--trainer.max_epochs=1", f"--trainer.logger.init_args.save_dir={runs}",
+          "--trainer.enable_progress_bar=false", "--data.steps_per_epoch=16", "--data.num_envs=4"])  # fmt: skip
+    ckpt = next(runs.rglob("last.ckpt"))
+    main(["predict", "-c", "configs/quickstart.yaml", f"--ckpt_path={ckpt}", f"--trainer.logger.init_args.save_dir={runs}",
+          "--trainer.enable_progress_bar=false", "--data.test_episodes=6", f"--data.record_to={tmp_path / 'played'}"])  # fmt: skip
+    store = TrajectoryStore(tmp_path / "played" / "rank0")
+    played = {t.seed: t for t in store.read(with_ground_truth=True)}
+    records = [json.loads(line) for line in next(runs.rglob("predictions.jsonl")).read_text().splitlines()]
+    assert len(played) == len(records) == 6
+    for r in records:
+        t = played[r["seed"]]
+        assert len(t.steps) == r["length"] and t.env_return == r["return"]
+        assert t.ground_truth["success"] == bool(r["success"])
+        assert all(s.prompt and s.response and s.frame is not None for s in t.steps)
+    assert store.metadata["env"] == "numberline"

@@ -1,6 +1,7 @@
 """collect_rollout's assembly by hand: auto-reset, termination vs truncation bootstrap, recorded trajectories."""
 
 import numpy as np
+import pytest
 
 from selu_lightning.action_spaces.base import Decision
 from selu_lightning.data.rollout import collect_rollout
@@ -8,6 +9,7 @@ from selu_lightning.data.trajectories import EpisodeRecorder
 from selu_lightning.envs.base import TextVisualEnv, register_env
 from selu_lightning.envs.pool import EnvPool
 
+from helpers import tiny_module
 
 @register_env("test-scripted-episodes")
 class ScriptedEpisodesStubEnv(TextVisualEnv):
@@ -121,3 +123,19 @@ def test_episode_end_reward_goes_to_each_finished_episodes_last_step():
     # the judge sees no ground truth and no env reward (invariant 7), the rollout's own records are untouched
     assert all(t.ground_truth == {} and all(s.reward != s.reward for s in t.steps) for t in seen)
     assert r.trajectories[0].ground_truth == {"success": True} and r.trajectories[0].steps[0].reward == 1.0
+
+
+def test_evaluation_stops_at_once_on_sigterm():
+    """Held-out play asks after every step whether the trainer received SIGTERM, so a long evaluation (a 7B
+    policy's) does not outlast a scheduler's grace period."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from selu_lightning.data.rollout import play_episodes
+
+    module = tiny_module()
+    module.configure_model()
+    asked = []
+    with pytest.raises(SIGTERMException):
+        play_episodes(module, EnvPool("numberline", 2, seed=0), [1, 2], greedy=True, rng=np.random.default_rng(0),
+                      should_stop=lambda: asked.append(1) or True)  # fmt: skip
+    assert asked == [1]  # after the first step

@@ -7,6 +7,7 @@ field is never read here.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from selu_lightning.data.rollout import RolloutDataModule
@@ -23,12 +24,14 @@ class DemonstrationDataModule(RolloutDataModule):
             demonstrations: A TrajectoryStore folder (e.g. written by ``python -m selu_lightning.data.collect``).
             max_episodes: Train on the first this many stored episodes (null: all).
             **kwargs: The runner's options for held-out evaluation (``env``, ``env_kwargs``, ``eval_env_kwargs``,
-                ``val_episodes``, ``test_episodes``, ``eval_num_envs``, ``eval_greedy``, ``seed``, workers). The
-                rollout options (``num_envs``, ``steps_per_epoch``, ``record_to``, ``keep_frames``) have no
-                effect here: nothing is rolled out for training; ``record_to`` is refused.
+                ``val_episodes``, ``test_episodes``, ``eval_num_envs``, ``eval_greedy``, ``seed``, workers), and
+                ``record_to``, which here stores only what ``selu predict`` plays (must differ from
+                ``demonstrations``). The rollout options (``num_envs``, ``steps_per_epoch``, ``keep_frames``)
+                have no effect: nothing is rolled out for training.
         """
-        if kwargs.get("record_to") is not None:
-            raise ConfigError("data.record_to stores rollouts; DemonstrationDataModule trains on stored episodes")
+        record_to = kwargs.get("record_to")
+        if record_to is not None and os.path.abspath(record_to) == os.path.abspath(demonstrations):
+            raise ConfigError("data.record_to must not be the demonstrations' folder (predictions would mix in)")
         super().__init__(**kwargs)
         self.demonstrations = demonstrations
         self.max_episodes = max_episodes

@@ -253,24 +253,40 @@ def collect_rollout(
 
 
 def play_episodes(
-    agent: Agent, pool: EnvPool, seeds: Sequence[int], *, greedy: bool, rng: np.random.Generator, max_steps: int = 1000
-) -> list[dict[str, float]]:
+    agent: Agent, pool: EnvPool, seeds: Sequence[int], *, greedy: bool, rng: np.random.Generator, max_steps: int = 1000,
+    recorder: EpisodeRecorder | None = None, should_stop: Callable[[], bool] | None = None,
+) -> list[dict[str, Any]]:  # fmt: skip
     """Play one whole episode per seed, all envs together; returns each episode's return/length/success and
-    ``parse_failures`` (its steps whose text no action could be read from)."""
+    ``parse_failures`` (its steps whose text no action could be read from). With a ``recorder``, each record
+    also holds the episode as a :class:`Trajectory` under ``"trajectory"`` (ground truth apart).
+    ``should_stop`` is asked after every step (SIGTERM: evaluation of 7B policies outlasts a grace period)."""
     pool.reset_to(seeds)
     live = list(range(len(seeds)))
-    results: dict[int, dict[str, float]] = {}
+    results: dict[int, dict[str, Any]] = {}
     failures = [0] * len(seeds)
-    for _ in range(max_steps):
+    for t in range(max_steps):
         if not live:
             break
-        decisions = agent.decide([pool.states[i] for i in live], pool.task_description, greedy=greedy, rng=rng)
+        states = [pool.states[i] for i in live]
+        decisions = agent.decide(states, pool.task_description, greedy=greedy, rng=rng)
         outcomes = pool.step([d.env_action for d in decisions], indices=live, auto_reset=False)
-        for i, d, o in zip(list(live), decisions, outcomes):
+        for i, s, d, o in zip(list(live), states, decisions, outcomes):
             failures[i] += int(d.parse_failed)
+            if recorder is not None:
+                recorder.step(i, s.image, s.text, s.goal, d.prompt, d.text, d.env_action, o.reward, seed=int(seeds[i]))
             if o.episode is not None:
                 results[i] = dict(o.episode, parse_failures=float(failures[i]))
+                if recorder is not None:
+                    final = o.final_state
+                    results[i]["trajectory"] = recorder.finish(
+                        i, final.image, final.text, (t, i), truncated=o.truncated and not o.terminated,
+                        ground_truth={"success": bool(o.episode["success"])},
+                    )  # fmt: skip
                 live.remove(i)
+        if should_stop is not None and should_stop():
+            from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+            raise SIGTERMException()
     if live:
         raise RuntimeError(f"{len(live)} evaluation episodes did not end within {max_steps} steps")
     return [results[i] for i in range(len(seeds))]
@@ -280,16 +296,26 @@ class EvalEpisodes:
     """One validation/test batch: held-out seeds and the envs to play them on (a plain object, so Lightning
     neither copies nor moves it)."""
 
-    def __init__(self, seeds: list[int], pool_fn: Callable[[], EnvPool], greedy: bool) -> None:
-        self.seeds, self._pool_fn, self.greedy = seeds, pool_fn, greedy
+    def __init__(
+        self, seeds: list[int], pool_fn: Callable[[], EnvPool], greedy: bool,
+        store: Callable[[list[Trajectory]], None] | None = None, should_stop: Callable[[], bool] | None = None,
+    ) -> None:  # fmt: skip
+        self.seeds, self._pool_fn, self.greedy, self._store = seeds, pool_fn, greedy, store
+        self._should_stop = should_stop
 
     def __len__(self) -> int:
         return len(self.seeds)
 
-    def play(self, agent: Agent) -> list[dict[str, float]]:
-        """Each seed's episode played to the end by ``agent`` (greedy unless the runner says otherwise)."""
+    def play(self, agent: Agent) -> list[dict[str, Any]]:
+        """Each seed's episode played to the end by ``agent`` (greedy unless the runner says otherwise); with a
+        ``store`` (``selu predict`` with ``data.record_to``), the episodes are appended to it, atomically."""
         rng = np.random.default_rng(self.seeds)
-        return play_episodes(agent, self._pool_fn(), self.seeds, greedy=self.greedy, rng=rng)
+        recorder = EpisodeRecorder(len(self.seeds), f"predict-{self.seeds[0]}") if self._store is not None else None
+        records = play_episodes(agent, self._pool_fn(), self.seeds, greedy=self.greedy, rng=rng, recorder=recorder,
+                                should_stop=self._should_stop)  # fmt: skip
+        if self._store is not None:
+            self._store([r.pop("trajectory") for r in records])
+        return records
 
 
 class RolloutDataModule(L.LightningDataModule):
@@ -337,7 +363,8 @@ class RolloutDataModule(L.LightningDataModule):
             keep_frames: Keep every step's frame in the recorded trajectories (reward sources, stores); false
                 keeps only each episode's final frame.
             record_to: A folder: every training episode that finishes is appended to a TrajectoryStore there
-                (``<record_to>/rank<r>``), once per epoch, atomically (for SFT, critic data, analysis).
+                (``<record_to>/rank<r>``), once per epoch, atomically (for SFT, critic data, analysis); under
+                ``selu predict``, every held-out episode the checkpoint plays, with its responses.
         """
         super().__init__()
         env_class(env)  # unknown names fail here, before any model loads
@@ -450,6 +477,9 @@ class RolloutDataModule(L.LightningDataModule):
             self._trajectory_store().append(rollout.trajectories)
         return rollout
 
+    def _append_predicted(self, trajectories: list[Trajectory]) -> None:
+        self._trajectory_store().append(trajectories)
+
     def _trajectory_store(self) -> Any:
         if self._store is None:
             import os
@@ -475,7 +505,16 @@ class RolloutDataModule(L.LightningDataModule):
         return [mine[i : i + self.eval_num_envs] for i in range(0, len(mine), self.eval_num_envs)]
 
     def _eval_loader(self, stage: str) -> DataLoader:
-        batches = [EvalEpisodes(seeds, self.eval_envs, self.eval_greedy) for seeds in self.eval_seeds(stage)]
+        # selu predict with data.record_to stores what the checkpoint played (a demonstration or critic store).
+        store = self._append_predicted if stage == "predict" and self.record_to is not None else None
+        trainer = self.trainer
+
+        def sigterm() -> bool:
+            return bool(getattr(trainer, "received_sigterm", False))
+
+        batches = [
+            EvalEpisodes(seeds, self.eval_envs, self.eval_greedy, store, sigterm) for seeds in self.eval_seeds(stage)
+        ]
         return DataLoader(batches, batch_size=None, collate_fn=_identity)
 
     def val_dataloader(self) -> DataLoader:
