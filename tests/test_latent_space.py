@@ -149,3 +149,16 @@ def test_grpo_acts_on_codes_unchanged(ckpt, tmp_path):
     cpu_trainer(tmp_path).fit(agent, tiny_data(group_size=2, steps_per_epoch=48))
     assert agent._epoch_metrics.get("train/groups", 0) > 0  # whole episode groups were learned from
     assert rec.stats and rec.stats[0]["ratio_max_abs_log"] < 1e-4
+
+
+def test_a_kl_reference_is_refused_for_latent_codes():
+    """The reference swaps the VLM, not the code policy: a KL to it would measure nothing, so it is refused."""
+    from selu_lightning.action_spaces import LatentActionSpace
+    from selu_lightning.errors import ConfigError
+    from selu_lightning.modules import ActorPPO
+    from selu_lightning.policy.vlm import PolicyConfig
+
+    policy = PolicyConfig("tiny:llava", lora=None, value_head_widths=[16])
+    for kwargs in ({"kl_coef": 0.1}, {"log_reference_kl": True}):
+        with pytest.raises(ConfigError, match="no KL reference"):
+            ActorPPO(policy, LatentActionSpace(), **kwargs)

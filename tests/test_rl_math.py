@@ -159,3 +159,11 @@ def test_normalize_advantages_statistics_span_ranks():
     calls = iter([stats_b, sq_b])
     out_a = normalize_advantages(a, sum_across_ranks=lambda t: t + next(calls))
     torch.testing.assert_close(out_a, expected[:3], rtol=1e-6, atol=1e-6)
+
+
+def test_k3_kl_weights_leave_padding_out():
+    logp = torch.tensor([0.0, math.log(0.5), 3.0])
+    ref = torch.tensor([math.log(0.5), 0.0, -4.0])
+    kept = k3_kl(logp[:2], ref[:2])
+    assert k3_kl(logp, ref, torch.tensor([1.0, 1.0, 0.0])).item() == pytest.approx(kept.item())
+    assert k3_kl(logp, ref, torch.zeros(3)).item() == 0.0

@@ -61,14 +61,42 @@ def test_entropy_and_kl_terms_enter_the_loss(tmp_path):
     losses, stats = module.ppo_losses(batch)
     assert set(losses) == {"loss_policy", "loss_value", "loss_entropy", "loss_kl"}
     assert losses["loss_entropy"] < 0  # a bonus
-    assert stats["kl_to_base"] > 0  # the adapters moved the policy away from the base model
+    assert stats["kl_to_ref"] > 0  # the adapters moved the policy away from the base model
     module.hparams.kl_coef = 0.0
     assert "loss_kl" not in module.ppo_losses(batch)[0]
 
 
-def test_kl_without_lora_is_a_config_error():
-    with pytest.raises(ValueError, match="needs LoRA"):
-        tiny_module(lora=None, kl_coef=0.1)
+def test_full_fine_tuning_keeps_a_frozen_reference_outside_the_checkpoint(tmp_path):
+    module = tiny_module(lora=None, lr=1e-2, log_reference_kl=True)
+    data = tiny_data()
+    cpu_trainer(tmp_path).fit(module, data)
+    ref = module.policy._reference[0]
+    assert not any(p.requires_grad for p in ref.parameters())
+    assert not any(k.startswith("policy._reference") for k in module.state_dict())
+    # After an update the policy differs from its frozen start, which the reference still equals.
+    moved = [
+        (p - r).abs().max().item()
+        for (name, p), r in zip(module.policy.model.named_parameters(), ref.parameters())
+        if p.requires_grad
+    ]
+    assert max(moved) > 0
+    losses, stats = module.ppo_losses(next(iter(data.train_dataloader())))
+    assert "loss_kl" not in losses  # logged, not in the loss
+    assert stats["kl_to_ref"] > 0
+
+
+def test_reference_kl_is_zero_before_any_update(tmp_path):
+    module = tiny_module(lora=None, kl_coef=0.1)
+    data = tiny_data()
+    cpu_trainer(tmp_path, limit_train_batches=0).fit(module, data)
+    losses, stats = module.ppo_losses(next(iter(data.train_dataloader())))
+    assert stats["kl_to_ref"].item() == pytest.approx(0.0, abs=1e-6)
+    assert "loss_kl" in losses
+
+
+def test_negative_kl_coef_is_a_config_error():
+    with pytest.raises(ValueError, match="kl_coef"):
+        tiny_module(kl_coef=-0.1)
 
 
 def test_validation_plays_held_out_episodes_deterministically(tmp_path):
@@ -88,7 +116,7 @@ def test_validation_plays_held_out_episodes_deterministically(tmp_path):
 
 def test_test_stage_logs_test_metrics(tmp_path):
     out = cpu_trainer(tmp_path, limit_test_batches=1).test(tiny_module(), tiny_data(test_episodes=3), verbose=False)[0]
-    assert set(out) == {"test/success_rate", "test/episode_return"}
+    assert set(out) == {"test/success_rate", "test/episode_return", "test/parse_failure_rate"}
 
 
 def test_text_action_space_trains_and_counts_parse_failures(tmp_path):
@@ -187,3 +215,18 @@ def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6)
+
+
+def test_value_head_lr_gives_the_head_its_own_rate(tmp_path):
+    module = tiny_module(lr=1e-4, lr_min=1e-6, value_head_lr=3e-3)
+    cpu_trainer(tmp_path, max_epochs=2).fit(module, tiny_data())
+    groups = module.trainer.optimizers[0].param_groups
+    head = {id(p) for p in module.policy.value_head.parameters()}
+    assert [len(g["params"]) for g in groups] == [len(groups[0]["params"]), len(head)]
+    assert {id(p) for p in groups[1]["params"]} == head and not head & {id(p) for p in groups[0]["params"]}
+    assert groups[1]["lr"] / groups[0]["lr"] == pytest.approx(30.0)  # the schedule scales both alike
+
+
+def test_value_head_lr_must_be_positive():
+    with pytest.raises(ValueError, match="value_head_lr"):
+        tiny_module(value_head_lr=0.0)

@@ -46,6 +46,10 @@ LATENT_CONFIG_KEY = "selu_latent_config"
 
 
 class LatentActionSpace(TextActionSpace):
+    #: ActorPPO's KL reference swaps the VLM's weights, not the code policy's, so it would measure nothing
+    #: meaningful here: ``kl_coef`` / ``log_reference_kl`` are refused until the code policy has a reference.
+    supports_reference_kl = False
+
     def __init__(
         self,
         latent_checkpoint: str | None = None,

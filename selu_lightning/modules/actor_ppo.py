@@ -145,6 +145,11 @@ class ActorPPO(VLMAgent):
         self.save_hyperparameters(ignore=["policy", "action_space", "reward"])
         if kl_coef < 0:
             raise ConfigError(f"model.kl_coef must be >= 0 (got {kl_coef})")
+        if (kl_coef > 0 or log_reference_kl) and not getattr(self.action_space, "supports_reference_kl", True):
+            raise ConfigError(
+                f"{type(self.action_space).__name__} has no KL reference yet: set model.kl_coef=0 and "
+                "model.log_reference_kl=false"
+            )
         if algorithm == "ppo" and policy.value_head_widths is None:
             raise ConfigError("PPO needs a value head: set model.policy.value_head_widths (e.g. [1024, 512])")
         self.clip = float(clip if clip is not None else DEFAULT_CLIP[algorithm])
@@ -163,6 +168,12 @@ class ActorPPO(VLMAgent):
     def configure_model(self) -> None:
         super().configure_model()
         if self.hparams.kl_coef > 0 or self.hparams.log_reference_kl:
+            strategy = type(self._trainer.strategy).__name__ if self._trainer is not None else ""
+            if self.policy.lora is None and "FSDP" in strategy:
+                raise ConfigError(
+                    "a KL reference under full fine-tuning is an unsharded copy of the model, which FSDP cannot "
+                    "hold: use LoRA (model.policy.lora), or model.kl_coef=0 and model.log_reference_kl=false"
+                )
             self.policy.keep_reference()
 
     def check_group_size(self, group_size: int) -> None:
@@ -182,6 +193,7 @@ class ActorPPO(VLMAgent):
         hp = self.hparams
         if hp.algorithm in GROUP_ALGORITHMS:
             return self._group_train_data(rollout)
+        self.reward.device = self.device  # a model-based judge runs beside the actor
         rewards = self.reward.rewards(rollout)
         advantages, returns = gae(
             rewards, rollout.values, rollout.next_values, rollout.terminated, rollout.truncated, hp.gamma, hp.gae_lambda
@@ -216,6 +228,7 @@ class ActorPPO(VLMAgent):
         hp = self.hparams
         if rollout.episode_ids is None:
             raise ConfigError(f"model.algorithm={hp.algorithm} needs group rollouts: set data.group_size >= 2")
+        self.reward.device = self.device  # a model-based judge runs beside the actor
         rewards = self.reward.rewards(rollout)
         complete = rollout.complete_groups()
         T, N = rewards.shape
@@ -318,23 +331,30 @@ class ActorPPO(VLMAgent):
         with nullcontext() if hp.dropout_in_update else eval_mode(self, self._update_eval_modules()):
             ev = self.action_space.evaluate(self.policy, batch["samples"], with_entropy=need_entropy)
         mask = ev.loss_mask
-        if hp.algorithm != "ppo":  # padding that evens out minibatch counts across ranks teaches nothing
-            mask = const["weights"] if mask is None else mask * const["weights"]
+        # Group algorithms: rows padded to even out minibatch counts across ranks carry weight 0 in every term.
+        pad = const["weights"] if hp.algorithm != "ppo" else None
+        if pad is not None:
+            mask = pad if mask is None else mask * pad
         pg_loss, stats = ppo_policy_loss(ev.logprobs, const["old_logprobs"], const["advantages"], self.clip, mask=mask)
         losses = {"loss_policy": pg_loss}
         if ev.values is not None:  # the group algorithms have no value head
             v_loss = clipped_value_loss(ev.values, const["old_values"], const["returns"], hp.value_clip)
             losses["loss_value"] = hp.value_coef * v_loss
         if need_entropy:
-            losses["loss_entropy"] = -hp.entropy_coef * ev.entropy.mean()
-            stats["entropy"] = ev.entropy.detach().mean()
+            entropy = ev.entropy.mean() if pad is None else (ev.entropy * pad).sum() / pad.sum().clamp_min(1.0)
+            losses["loss_entropy"] = -hp.entropy_coef * entropy
+            stats["entropy"] = entropy.detach()
         if hp.kl_coef > 0 or hp.log_reference_kl:
             with torch.no_grad(), self.policy.reference(), eval_mode(self, self._submodules()):
                 ref = self.action_space.evaluate(self.policy, batch["samples"], with_entropy=False)
             if ev.token_logprobs is not None and ref.token_logprobs is not None:
-                kl = k3_kl(torch.cat(ev.token_logprobs), torch.cat(ref.token_logprobs))
+                per_token = None
+                if pad is not None:
+                    counts = torch.tensor([len(t) for t in ev.token_logprobs], device=pad.device)
+                    per_token = pad.repeat_interleave(counts)
+                kl = k3_kl(torch.cat(ev.token_logprobs), torch.cat(ref.token_logprobs), per_token)
             else:
-                kl = k3_kl(ev.logprobs, ref.logprobs)
+                kl = k3_kl(ev.logprobs, ref.logprobs, pad)
             if hp.kl_coef > 0:
                 losses["loss_kl"] = hp.kl_coef * kl
             stats["kl_to_ref"] = kl.detach()

@@ -169,8 +169,15 @@ class SELUCritic(VLMAgent):
             for chunk in self._chunks(list(queries)):
                 prompts = self._encode(chunk, self.questions.answer_prompt)
                 hidden = self.policy.backbone(prompts, [torch.zeros(0, dtype=torch.long)] * len(prompts))
-                logits = lm_head(hidden.last_prompt_hidden())
-                out.append(yes_probability(logits, self._yes_id, self._no_id).cpu())
+                h = hidden.last_prompt_hidden()
+                # Only the two answer rows of the LM head, in fp32 with autocast off: bf16 logits of magnitude
+                # 20-30 would move p(yes) by percents, enough to flip a threshold label.
+                ids = [self._yes_id, self._no_id]
+                with torch.autocast(h.device.type, enabled=False):
+                    pair = h.float() @ lm_head.weight[ids].float().T
+                    if getattr(lm_head, "bias", None) is not None:
+                        pair = pair + lm_head.bias[ids].float()
+                out.append(yes_probability(pair, 0, 1).cpu())
         return torch.cat(out) if out else torch.zeros(0)
 
     def verdict(
@@ -213,21 +220,51 @@ class SELUCritic(VLMAgent):
         """The critic's own examples (self-asking + hindsight, answered by the critic as it is now) from episodes
         (a list of Trajectory, or a Rollout's finished ones), shuffled each epoch with a seeded generator."""
         trajectories: Sequence[Trajectory] = getattr(episodes, "trajectories", episodes)
+        rank = self.global_rank if self._trainer is not None else 0
+        world = self._trainer.world_size if self._trainer is not None else 1
+        # Each rank labels its own share of the episodes (the labeling passes are the costly part).
         examples, stats = build_critic_examples(
-            trajectories, self.structure, self.questions, self.templates,
+            list(trajectories)[rank::world], self.structure, self.questions, self.templates,
             judge=lambda qs: self.p_yes(qs).tolist(), ask=self.answer, labeling=self.labeling,
         )  # fmt: skip
-        self.data_stats, self.last_examples = stats, examples
-        if not examples:
-            raise ConfigError(f"the critic built no training examples from {stats.episodes} episodes ({stats})")
+        counts = self._share_counts(len(examples), stats)
+        self.last_examples = examples
+        if max(counts) == 0:
+            raise ConfigError(f"the critic built no training examples from {self.data_stats.episodes} episodes")
+        if min(counts) == 0:
+            raise ConfigError(
+                f"a rank built no critic examples from its share of the episodes (examples per rank: {counts}): "
+                "give the critic more episodes or fewer ranks"
+            )
         words = {"yes": self.questions.answer_yes, "no": self.questions.answer_no}
         samples = [self._sample(e, words[e.answer]) for e in examples]
-        rank = self.global_rank if self._trainer is not None else 0
+        # How many examples a rank labels depends on the critic's answers: ranks that built fewer repeat some,
+        # so every rank serves the same number of minibatches (an extra step on one rank would hang DDP).
+        samples += [samples[k % len(samples)] for k in range(max(counts) - len(samples))]
         generator = torch.Generator().manual_seed(int(self.hparams.seed) * 1000003 + rank)
         return DataLoader(
             samples, batch_size=self.hparams.minibatch_size, shuffle=True, generator=generator,
             collate_fn=lambda items: {"samples": list(items)},
         )  # fmt: skip
+
+    def _share_counts(self, mine: int, stats: CriticDataStats) -> list[int]:
+        """Every rank's example count, and the data statistics summed over ranks into ``data_stats`` (one sum of
+        a fixed-size vector: the counters, the configured verbs' positives, one slot per rank's count)."""
+        world = self._trainer.world_size if self._trainer is not None else 1
+        rank = self.global_rank if self._trainer is not None else 0
+        fields = ["episodes", "unparsed", "accepted", "rejected", "relabeled", "dropped_unmatched", "dropped_same",
+                  "negatives"]  # fmt: skip
+        verbs = sorted(self.templates)  # the same on every rank (the collective's shape)
+        vector = torch.zeros(len(fields) + len(verbs) + world, dtype=torch.float64)
+        vector[: len(fields)] = torch.tensor([float(getattr(stats, f)) for f in fields], dtype=torch.float64)
+        for k, verb in enumerate(verbs):
+            vector[len(fields) + k] = float(stats.examples_per_verb.get(verb, 0))
+        vector[len(fields) + len(verbs) + rank] = float(mine)
+        total = self._sum_across_ranks(vector).tolist()
+        summed = CriticDataStats(**{f: int(v) for f, v in zip(fields, total)})
+        summed.examples_per_verb.update({v: int(n) for v, n in zip(verbs, total[len(fields):]) if n})
+        self.data_stats = summed
+        return [int(c) for c in total[len(fields) + len(verbs):]]
 
     def _sample(self, example: CriticExample, answer: str) -> dict[str, Any]:
         """An example as the critic is asked it (the same prompt :meth:`p_yes` builds) and its answer's tokens."""

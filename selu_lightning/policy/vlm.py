@@ -291,8 +291,9 @@ class VLMPolicy(nn.Module):
         if not self._reference:
             raise ConfigError("no reference model kept: call keep_reference() after load() (full fine-tuning)")
         ref, current = self._reference[0], self.model
-        if ref_device(ref) != self.device:
-            ref.to(self.device)
+        live = next(current.parameters())
+        if ref_device(ref) != live.device or next(ref.parameters()).dtype != live.dtype:
+            ref.to(device=live.device, dtype=live.dtype)  # where and as the trainer put the policy (bf16-true)
         self._modules["model"] = ref
         try:
             yield

@@ -21,6 +21,9 @@ __all__ = ["RewardSource", "EnvReward", "EpisodeEndReward"]
 
 
 class RewardSource(ABC):
+    device: torch.device | None = None
+    """The learning module's device, set by it before each ``rewards`` call (a model-based judge runs there)."""
+
     @abstractmethod
     def rewards(self, rollout: Rollout) -> torch.Tensor:
         """``[T, N]`` fp32 rewards for the rollout's buffer."""

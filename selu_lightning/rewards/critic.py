@@ -49,20 +49,20 @@ class CriticReward(EpisodeEndReward):
             critic: The trained critic (set its ``policy.init_from`` to the critic run's checkpoint).
             output: ``probability``: reward p(yes); ``binary``: 1 when p(yes) >= threshold, else 0.
             threshold: The decision threshold of ``binary``.
-            device: Where the critic runs (null: the current CUDA device when there is one, else CPU).
+            device: Where the critic runs (null: the actor's device on this rank).
         """
         if output not in ("probability", "binary"):
             raise ConfigError(f"model.reward.output must be probability or binary (got {output!r})")
         if not 0.0 < threshold < 1.0:
             raise ConfigError(f"model.reward.threshold must be in (0, 1) (got {threshold})")
-        self.critic, self.output, self.threshold, self.device = critic, output, threshold, device
+        self.critic, self.output, self.threshold, self.critic_device = critic, output, threshold, device
         self._ready = False
 
     def _prepare(self) -> None:
         """Load the critic's weights on first use (after the actor's, on this rank's device), frozen."""
         if self._ready:
             return
-        device = self.device or (f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
+        device = self.critic_device or self.device or "cpu"
         self.critic.configure_model()
         self.critic.requires_grad_(False)
         self.critic.to(device)

@@ -67,10 +67,15 @@ def clipped_value_loss(
     return 0.5 * torch.maximum(unclipped, clipped).mean()
 
 
-def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Unbiased, non-negative KL(pi || ref) estimate from samples of pi: mean(exp(d) - d - 1), d = ref - pi.
 
     Pass per-token log-probs (all tokens of a batch, concatenated): on whole-sequence sums d is large and
-    exp(d) overflows; per token it stays small. d is clamped like PPO's log-ratio."""
+    exp(d) overflows; per token it stays small. d is clamped like PPO's log-ratio. ``weights`` (per entry, e.g.
+    0 for padding rows) make it a weighted mean; all-zero weights give 0."""
     d = (ref_logprobs.float() - logprobs.float()).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
-    return (d.exp() - d - 1.0).mean()
+    k3 = d.exp() - d - 1.0
+    if weights is None:
+        return k3.mean()
+    weights = weights.float()
+    return (k3 * weights).sum() / weights.sum().clamp_min(1.0)
