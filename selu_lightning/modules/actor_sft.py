@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any, Literal, Sequence
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from selu_lightning.action_spaces.base import ActionSpace, user_message
@@ -68,12 +69,28 @@ class ActorSFT(VLMAgent):
         examples = [self._example(step) for traj in trajectories for step in traj.steps]
         if not examples:
             raise ConfigError("ActorSFT got no demonstration steps to train on")
+        self._check_lengths(examples)
         rank = self.global_rank if self._trainer is not None else 0
         generator = torch.Generator().manual_seed(int(self.hparams.seed) * 1000003 + rank)
         return DataLoader(
             examples, batch_size=self.hparams.minibatch_size, shuffle=True, generator=generator,
             collate_fn=lambda items: {"samples": list(items)},
         )  # fmt: skip
+
+    def _check_lengths(self, examples: Sequence[dict[str, Any]]) -> None:
+        """Warn when demonstrations are longer than the action space lets the policy write: generation would cut
+        them, and a cut reply has no action to read (every such step becomes a parse failure)."""
+        limit = getattr(self.action_space, "max_new_tokens", None)
+        if limit is None:
+            return
+        lengths = [len(e["response"]) for e in examples]  # response tokens + EOS
+        over = sum(n > limit for n in lengths)
+        if over:
+            rank_zero_warn(
+                f"{over} of {len(lengths)} demonstration replies ({100 * over / len(lengths):.0f}%) are longer than "
+                f"model.action_space.init_args.max_new_tokens={limit} (longest {max(lengths)} tokens with EOS): the "
+                "policy's own replies would be cut before their action; raise max_new_tokens"
+            )
 
     def _example(self, step: Any) -> dict[str, Any]:
         """One recorded step as the policy would see it, and the tokens it should write (then EOS)."""

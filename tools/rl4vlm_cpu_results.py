@@ -1,0 +1,175 @@
+"""RL4VLM's whole recipe on a CPU, per env and seed: collect noisy expert demonstrations, SFT, PPO with text
+actions from the SFT checkpoint, and held-out tests of both checkpoints; then a table and curves.
+
+    python tools/rl4vlm_cpu_results.py --envs numberline blackjack --seeds 0 1 2 --out results/rl4vlm_cpu
+    python tools/rl4vlm_cpu_results.py --out results/rl4vlm_cpu --report   # table + docs/ pictures only
+
+Every stage is the README's own command (``python -m selu_lightning.data.collect``, ``selu fit``,
+``selu test``) run in a subprocess with the recipe in ``configs/rl4vlm_cpu/``; per-env demonstration settings
+are below. A stage whose output exists is skipped, so an interrupted sweep resumes where it stopped.
+``summary.json`` holds every figure the report prints (with each stage's wall time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from statistics import mean, stdev
+from typing import Any
+
+from selu_lightning.tb import read_scalars
+
+#: Per env: demonstrations (episodes, how often the expert deliberately errs) and the SFT stage's options on
+#: top of its recipe. The SFT recipes, run whole, leave PPO little room (NumberLine: 1.00 held-out), so here
+#: SFT stops early: the first 8 epochs of the 12-epoch cosine schedule ("weakened SFT").
+RECIPES: dict[str, dict[str, Any]] = {
+    "numberline": {"episodes": 300, "noise": 0.1, "sft": ["--trainer.max_epochs=8", "--model.lr_schedule_updates=12"],
+                   "test": ["--data.test_episodes=200"]},
+    # Blackjack's outcomes are mostly luck (basic strategy wins about 43% of hands): 1000 test hands.
+    "blackjack": {"episodes": 600, "noise": 0.3, "sft": ["--trainer.max_epochs=8", "--model.lr_schedule_updates=12"],
+                  "test": ["--data.test_episodes=1000", "--data.eval_num_envs=50"]},
+    "ezpoints": {"episodes": 300, "noise": 0.1, "sft": ["--trainer.max_epochs=8", "--model.lr_schedule_updates=12"],
+                 "test": ["--data.test_episodes=200"]},
+}
+QUIET = ["--trainer.enable_progress_bar=false"]
+
+
+def run(cmd: list[str], log: Path) -> float:
+    """Run one stage, its output to ``log``; returns wall seconds; a failure stops the sweep with the log's tail."""
+    start = time.perf_counter()
+    with open(log, "w") as f:
+        code = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    if code != 0:
+        sys.exit(f"{' '.join(cmd)} failed ({code}); see {log}:\n" + "".join(open(log).readlines()[-15:]))
+    return time.perf_counter() - start
+
+
+def newest_run(save_dir: Path) -> Path:
+    versions = sorted(save_dir.glob("*/version_*"), key=lambda p: int(p.name.split("_")[1]))
+    if not versions:
+        raise FileNotFoundError(f"no run under {save_dir}")
+    return versions[-1]
+
+
+def test_scores(save_dir: Path) -> dict[str, float]:
+    scalars = read_scalars(newest_run(save_dir))
+    return {k.split("/", 1)[1]: v[-1][1] for k, v in scalars.items() if k.startswith("test/")}
+
+
+def one_seed(env: str, seed: int, out: Path, extra_sft: list[str], extra_ppo: list[str]) -> dict[str, Any]:
+    """Collect -> SFT -> test -> PPO -> test for one env and seed; each stage skipped when already done."""
+    work = out / env / f"seed{seed}"
+    work.mkdir(parents=True, exist_ok=True)
+    timing_file = work / "timings.json"
+    timings: dict[str, float] = json.loads(timing_file.read_text()) if timing_file.exists() else {}
+    demos = work / "demos"
+    cfg = Path("configs/rl4vlm_cpu")
+    seeds = [f"--seed_everything={seed}", f"--data.seed={seed}"]
+    if not demos.exists():
+        d = RECIPES[env]
+        timings["collect"] = run([sys.executable, "-m", "selu_lightning.data.collect", "--env", env, "--episodes",
+                                  str(d["episodes"]), "--noise", str(d["noise"]), "--seed", str(seed), "--out",
+                                  str(demos)], work / "collect.log")  # fmt: skip
+    sft_ckpt = work / "sft"
+    if not sft_ckpt.exists():
+        timings["sft"] = run(["selu", "fit", "-c", str(cfg / f"sft_{env}.yaml"), f"--data.demonstrations={demos}",
+                              f"--trainer.logger.init_args.save_dir={sft_ckpt}", *seeds, *QUIET, *RECIPES[env]["sft"], *extra_sft],
+                             work / "sft.log")  # fmt: skip
+    sft_last = newest_run(sft_ckpt) / "checkpoints" / "last.ckpt"
+    if not (work / "sft_test").exists():
+        timings["sft_test"] = run(["selu", "test", "-c", str(cfg / f"sft_{env}.yaml"), f"--data.demonstrations={demos}",
+                                   f"--ckpt_path={sft_last}", f"--trainer.logger.init_args.save_dir={work / 'sft_test'}",
+                                   *seeds, *QUIET, *RECIPES[env]["test"]], work / "sft_test.log")  # fmt: skip
+    ppo = work / "ppo"
+    if not ppo.exists():
+        timings["ppo"] = run(["selu", "fit", "-c", str(cfg / f"ppo_{env}.yaml"), f"--model.policy.init_from={sft_last}",
+                              f"--trainer.logger.init_args.save_dir={ppo}", *seeds, *QUIET, *extra_ppo],
+                             work / "ppo.log")  # fmt: skip
+    ppo_last = newest_run(ppo) / "checkpoints" / "last.ckpt"
+    if not (work / "ppo_test").exists():
+        timings["ppo_test"] = run(["selu", "test", "-c", str(cfg / f"ppo_{env}.yaml"), f"--ckpt_path={ppo_last}",
+                                   f"--model.policy.init_from={sft_last}",
+                                   f"--trainer.logger.init_args.save_dir={work / 'ppo_test'}", *seeds, *QUIET,
+                                   *RECIPES[env]["test"]],
+                                  work / "ppo_test.log")  # fmt: skip
+    timing_file.write_text(json.dumps(timings, indent=1))
+    ppo_scalars = read_scalars(newest_run(ppo))
+    return {
+        "env": env, "seed": seed, "timings_s": timings,
+        "sft_test": test_scores(work / "sft_test"), "ppo_test": test_scores(work / "ppo_test"),
+        "ppo_run": str(newest_run(ppo)), "sft_run": str(newest_run(sft_ckpt)),
+        "ppo_train_parse_failure_rate": [v for _, v in ppo_scalars.get("train/parse_failure_rate", [])],
+    }  # fmt: skip
+
+
+def _spread(xs: list[float]) -> str:
+    """``mean +- std (each seed)``."""
+    spread = f" +- {stdev(xs):.2f}" if len(xs) > 1 else ""
+    return f"{mean(xs):.2f}{spread} ({' / '.join(f'{x:.2f}' for x in xs)})"
+
+
+def report(summary: list[dict[str, Any]], docs: Path) -> str:
+    """The markdown table (mean +- std over seeds, and each seed) and one curve picture per env."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from plot_runs import plot
+
+    lines = [
+        "| env | seeds | SFT success | PPO success | gain (points) | SFT parse failures | PPO parse failures | SFT / PPO minutes |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for env in dict.fromkeys(r["env"] for r in summary):
+        rows = [r for r in summary if r["env"] == env]
+        sft = [r["sft_test"]["success_rate"] for r in rows]
+        ppo = [r["ppo_test"]["success_rate"] for r in rows]
+        gain = [100 * (p - s) for p, s in zip(ppo, sft)]
+
+        pf_sft = mean(r["sft_test"].get("parse_failure_rate", float("nan")) for r in rows)
+        pf_ppo = mean(r["ppo_test"].get("parse_failure_rate", float("nan")) for r in rows)
+        minutes = [max(r["timings_s"].get(stage, 0.0) for r in rows) / 60 for stage in ("sft", "ppo")]
+        lines.append(
+            f"| {env} | {', '.join(str(r['seed']) for r in rows)} | {_spread(sft)} | {_spread(ppo)} "
+            f"| {mean(gain):+.1f} ({' / '.join(f'{g:+.0f}' for g in gain)}) | {pf_sft:.3f} | {pf_ppo:.3f} "
+            f"| {minutes[0]:.1f} / {minutes[1]:.1f} |"
+        )
+        runs = [(f"seed {r['seed']}", read_scalars(r["ppo_run"])) for r in rows]
+        tags = ["val/success_rate", "train/success_rate", "train/parse_failure_rate", "train/kl_to_ref"]
+        docs.mkdir(parents=True, exist_ok=True)
+        plot(runs, tags, f"PPO with text actions from the SFT checkpoint: {env} (tiny LLaVA, 2 CPU cores)").save(
+            docs / f"rl4vlm_cpu_{env}.png"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--envs", nargs="+", default=["numberline", "blackjack"], choices=sorted(RECIPES))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--out", type=Path, default=Path("results/rl4vlm_cpu"))
+    parser.add_argument("--docs", type=Path, default=Path("docs"))
+    parser.add_argument("--sft-args", action="append", default=[], metavar="OPTION",
+                        help="an extra `selu fit` option for every SFT run (repeat: --sft-args=--a=1 --sft-args=--b=2)")
+    parser.add_argument("--ppo-args", action="append", default=[], metavar="OPTION",
+                        help="an extra `selu fit` option for every PPO run (repeat as --sft-args)")  # fmt: skip
+    parser.add_argument("--report", action="store_true", help="only rebuild the table and pictures")
+    args = parser.parse_args(argv)
+    summary_file = args.out / "summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.exists() else []
+    if not args.report:
+        for env in args.envs:
+            for seed in args.seeds:
+                print(f"== {env} seed {seed}", flush=True)
+                row = one_seed(env, seed, args.out, args.sft_args, args.ppo_args)
+                summary = [r for r in summary if (r["env"], r["seed"]) != (env, seed)] + [row]
+                summary_file.write_text(json.dumps(summary, indent=1))
+                print(f"   SFT {row['sft_test']['success_rate']:.3f} -> PPO {row['ppo_test']['success_rate']:.3f}",
+                      flush=True)  # fmt: skip
+    print(report(summary, args.docs))
+
+
+if __name__ == "__main__":
+    main()
