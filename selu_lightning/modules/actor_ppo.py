@@ -270,17 +270,8 @@ class ActorPPO(VLMAgent):
         return DataLoader(items, batch_sampler=sampler, collate_fn=collate_transitions)
 
     def _group_metrics(self, stats: GroupStats, used: int, steps: int) -> tuple[list[int], dict[str, float]]:
-        """Every rank's count of used steps, and the group metrics over all ranks: one sum of a fixed-size
-        vector (the counts travel as one slot per rank)."""
-        world = self.trainer.world_size if self._trainer is not None else 1
-        rank = self.global_rank if self._trainer is not None else 0
-        sums = stats.as_dict() | {"used_steps": float(used), "steps": float(steps)}
-        keys = sorted(sums)
-        vector = torch.zeros(len(keys) + world, dtype=torch.float64)
-        vector[: len(keys)] = torch.tensor([sums[k] for k in keys], dtype=torch.float64)
-        vector[len(keys) + rank] = float(used)
-        summed = self._sum_across_ranks(vector).tolist()
-        total, counts = dict(zip(keys, summed[: len(keys)])), [int(c) for c in summed[len(keys) :]]
+        """Every rank's count of used steps, and the group metrics over all ranks (one collective)."""
+        total, counts = self._sum_with_counts(stats.as_dict() | {"used_steps": float(used), "steps": float(steps)}, used)
         metrics = {
             "train/groups": total["groups"],
             "train/group_step_fraction": total["used_steps"] / max(total["steps"], 1.0),

@@ -176,6 +176,19 @@ class VLMAgent(L.LightningModule):
         strategy = trainer.strategy
         return strategy.reduce(tensor.to(strategy.root_device), reduce_op="sum").to(tensor.device)
 
+    def _sum_with_counts(self, sums: dict[str, float], count: int) -> tuple[dict[str, float], list[int]]:
+        """``sums`` summed over ranks and every rank's ``count``, in one collective of a fixed-size vector (the
+        same keys on every rank; the counts travel as one slot per rank). For methods whose ranks must agree on
+        how many minibatches to serve."""
+        world = self._trainer.world_size if self._trainer is not None else 1
+        rank = self.global_rank if self._trainer is not None else 0
+        keys = sorted(sums)
+        vector = torch.zeros(len(keys) + world, dtype=torch.float64)
+        vector[: len(keys)] = torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64)
+        vector[len(keys) + rank] = float(count)
+        summed = self._sum_across_ranks(vector).tolist()
+        return dict(zip(keys, summed[: len(keys)])), [int(c) for c in summed[len(keys) :]]
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Skip a step whose gradients hold NaN/inf (every rank sees the same synced gradients, so all skip
         together): its gradients are dropped, so AdamW leaves every weight and moment as it was."""

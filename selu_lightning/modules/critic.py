@@ -248,23 +248,17 @@ class SELUCritic(VLMAgent):
         )  # fmt: skip
 
     def _share_counts(self, mine: int, stats: CriticDataStats) -> list[int]:
-        """Every rank's example count, and the data statistics summed over ranks into ``data_stats`` (one sum of
-        a fixed-size vector: the counters, the configured verbs' positives, one slot per rank's count)."""
-        world = self._trainer.world_size if self._trainer is not None else 1
-        rank = self.global_rank if self._trainer is not None else 0
+        """Every rank's example count, and the data statistics summed over ranks into ``data_stats`` (one
+        collective: the counters and the configured verbs' positives, the same keys on every rank)."""
         fields = ["episodes", "unparsed", "accepted", "rejected", "relabeled", "dropped_unmatched", "dropped_same",
                   "negatives"]  # fmt: skip
-        verbs = sorted(self.templates)  # the same on every rank (the collective's shape)
-        vector = torch.zeros(len(fields) + len(verbs) + world, dtype=torch.float64)
-        vector[: len(fields)] = torch.tensor([float(getattr(stats, f)) for f in fields], dtype=torch.float64)
-        for k, verb in enumerate(verbs):
-            vector[len(fields) + k] = float(stats.examples_per_verb.get(verb, 0))
-        vector[len(fields) + len(verbs) + rank] = float(mine)
-        total = self._sum_across_ranks(vector).tolist()
-        summed = CriticDataStats(**{f: int(v) for f, v in zip(fields, total)})
-        summed.examples_per_verb.update({v: int(n) for v, n in zip(verbs, total[len(fields):]) if n})
+        sums = {f: float(getattr(stats, f)) for f in fields}
+        sums |= {f"verb:{v}": float(stats.examples_per_verb.get(v, 0)) for v in self.templates}
+        total, counts = self._sum_with_counts(sums, mine)
+        summed = CriticDataStats(**{f: int(total[f]) for f in fields})
+        summed.examples_per_verb.update({v: int(total[f"verb:{v}"]) for v in self.templates if total[f"verb:{v}"]})
         self.data_stats = summed
-        return [int(c) for c in total[len(fields) + len(verbs):]]
+        return counts
 
     def _sample(self, example: CriticExample, answer: str) -> dict[str, Any]:
         """An example as the critic is asked it (the same prompt :meth:`p_yes` builds) and its answer's tokens."""
