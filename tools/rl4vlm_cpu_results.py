@@ -130,11 +130,14 @@ def report(summary: list[dict[str, Any]], docs: Path) -> str:
 
         pf_sft = mean(r["sft_test"].get("parse_failure_rate", float("nan")) for r in rows)
         pf_ppo = mean(r["ppo_test"].get("parse_failure_rate", float("nan")) for r in rows)
-        minutes = [max(r["timings_s"].get(stage, 0.0) for r in rows) / 60 for stage in ("sft", "ppo")]
+        minutes = [
+            f"{min(r['timings_s'].get(stage, 0.0) for r in rows) / 60:.1f}-{max(r['timings_s'].get(stage, 0.0) for r in rows) / 60:.1f}"
+            for stage in ("sft", "ppo")
+        ]  # fastest-slowest seed (a stage that shared the cores with another job runs several times slower)
         lines.append(
             f"| {env} | {', '.join(str(r['seed']) for r in rows)} | {_spread(sft)} | {_spread(ppo)} "
-            f"| {mean(gain):+.1f} ({' / '.join(f'{g:+.0f}' for g in gain)}) | {pf_sft:.3f} | {pf_ppo:.3f} "
-            f"| {minutes[0]:.1f} / {minutes[1]:.1f} |"
+            f"| {mean(gain):+.1f} ({' / '.join(f'{g:+.1f}' for g in gain)}) | {pf_sft:.3f} | {pf_ppo:.3f} "
+            f"| {minutes[0]} / {minutes[1]} |"
         )
         runs = [(f"seed {r['seed']}", read_scalars(r["ppo_run"])) for r in rows]
         tags = ["val/success_rate", "train/success_rate", "train/parse_failure_rate", "train/kl_to_ref"]
