@@ -82,6 +82,14 @@ def task_structure(env: str | type) -> type:
     return cls
 
 
+def household_instruction(spec: TaskSpec) -> str:
+    """The instruction VirtualHome and AI2-THOR write for a spec: "Open the fridge.", "Put the apple in the
+    fridge."."""
+    if spec.verb in ("put in", "put on"):
+        return f"Put the {spec.object} {spec.verb[4:]} the {spec.target}."
+    return f"{spec.verb.capitalize()} the {spec.object}."
+
+
 def split_listing(text: str, sep: str = ",") -> list[str]:
     """Split "a (x, y), b, c (z)" at top-level separators, leaving parenthesised details whole."""
     parts, depth, current = [], 0, []

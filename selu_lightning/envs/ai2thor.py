@@ -27,7 +27,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from selu_lightning.critic.tasks import SceneObject, TaskSpec, merge_objects, name_and_details, split_listing
+from selu_lightning.critic.tasks import (
+    SceneObject,
+    TaskSpec,
+    household_instruction,
+    merge_objects,
+    name_and_details,
+    split_listing,
+)
 from selu_lightning.envs.base import TextVisualEnv, register_env
 from selu_lightning.errors import ConfigError
 
@@ -328,9 +335,7 @@ class AI2ThorEnv(TextVisualEnv):
     @classmethod
     def task_instruction(cls, spec: TaskSpec) -> str:
         """The instruction the env writes for a spec."""
-        if spec.verb in ("put in", "put on"):
-            return f"Put the {spec.object} {spec.verb[4:]} the {spec.target}."
-        return f"{spec.verb.capitalize()} the {spec.object}."
+        return household_instruction(spec)
 
     @classmethod
     def scene_objects(cls, observation: str) -> list[SceneObject]:
