@@ -98,12 +98,10 @@ def one_seed(env: str, seed: int, out: Path, extra_sft: list[str], extra_ppo: li
                                    *RECIPES[env]["test"]],
                                   work / "ppo_test.log")  # fmt: skip
     timing_file.write_text(json.dumps(timings, indent=1))
-    ppo_scalars = read_scalars(newest_run(ppo))
     return {
         "env": env, "seed": seed, "timings_s": timings,
         "sft_test": test_scores(work / "sft_test"), "ppo_test": test_scores(work / "ppo_test"),
         "ppo_run": str(newest_run(ppo)), "sft_run": str(newest_run(sft_ckpt)),
-        "ppo_train_parse_failure_rate": [v for _, v in ppo_scalars.get("train/parse_failure_rate", [])],
     }  # fmt: skip
 
 

@@ -163,10 +163,6 @@ class PolicyConfig:
             raise ConfigError("model.policy.freeze applies to full fine-tuning; with LoRA choose model.policy.lora.targets")
 
 
-def ref_device(module: nn.Module) -> torch.device:
-    return next(module.parameters()).device
-
-
 class VLMPolicy(nn.Module):
     def __init__(self, config: PolicyConfig) -> None:
         super().__init__()
@@ -291,8 +287,8 @@ class VLMPolicy(nn.Module):
         if not self._reference:
             raise ConfigError("no reference model kept: call keep_reference() after load() (full fine-tuning)")
         ref, current = self._reference[0], self.model
-        live = next(current.parameters())
-        if ref_device(ref) != live.device or next(ref.parameters()).dtype != live.dtype:
+        live, kept = next(current.parameters()), next(ref.parameters())
+        if (kept.device, kept.dtype) != (live.device, live.dtype):
             ref.to(device=live.device, dtype=live.dtype)  # where and as the trainer put the policy (bf16-true)
         self._modules["model"] = ref
         try:
