@@ -241,3 +241,31 @@ def test_collect_command_writes_a_store(tmp_path, capsys, name):
             reply = json.loads(step.response)
             assert reply["action"] == step.action and reply["thoughts"]
             assert step.prompt and step.frame.dtype == np.uint8
+
+
+@pytest.mark.skipif(not HAS["virtualhome"], reason="needs the virtualhome simulator")
+def test_collection_records_the_training_configs_prompts(tmp_path, monkeypatch):
+    """``--prompts-from``: the demonstrations carry the config's reply format and template (with the episode's
+    instruction), so SFT trains on the prompts its policy will see; the default template warns that it hides the
+    instruction, and a config whose action space no expert writes for is refused in one line."""
+    from pathlib import Path
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    config = "configs/rl4vlm_cpu/sft_virtualhome.yaml"
+    main(["--env", "virtualhome", "--episodes", "2", "--prompts-from", config, "--out", str(tmp_path / "vh"),
+          "--env-kwargs", json.dumps(FAST["virtualhome"])])  # fmt: skip
+    store = TrajectoryStore(tmp_path / "vh")
+    assert store.metadata["policy"] == "expert(noise=0.0, reply=candidates)"
+    for episode in store.read():
+        game = make_env("virtualhome", **FAST["virtualhome"])
+        _, info = game.reset(seed=episode.seed)
+        step = episode.steps[0]
+        assert f"\nInstruction: {info['goal']}\n" in step.prompt and step.prompt.endswith("Answer with one legal action.")
+        assert all(s.response == s.action for s in episode.steps)  # candidate replies: the bare action
+    with pytest.warns(UserWarning, match="no {goal} field"):
+        main(["--env", "virtualhome", "--episodes", "1", "--out", str(tmp_path / "bare"),
+              "--env-kwargs", json.dumps(FAST["virtualhome"])])  # fmt: skip
+    bad = tmp_path / "latent.yaml"
+    bad.write_text("model:\n  init_args:\n    action_space:\n      class_path: selu_lightning.action_spaces.LatentActionSpace\n")
+    with pytest.raises(ConfigError, match="experts write for"):
+        main(["--env", "virtualhome", "--episodes", "1", "--prompts-from", str(bad), "--out", str(tmp_path / "x")])

@@ -3,6 +3,11 @@ actions from the SFT checkpoint, and held-out tests of both checkpoints; then a 
 
     python tools/rl4vlm_cpu_results.py --envs numberline blackjack --seeds 0 1 2 --out results/rl4vlm_cpu
     python tools/rl4vlm_cpu_results.py --out results/rl4vlm_cpu --report   # table + docs/ pictures only
+    python tools/rl4vlm_cpu_results.py --envs numberline --algorithms ppo grpo gigpo --out results/rl4vlm_cpu
+
+``--algorithms`` runs more RL stages from the same SFT checkpoint: ``ppo`` with ``configs/rl4vlm_cpu/ppo_<env>.yaml``,
+``grpo`` / ``dr_grpo`` / ``gigpo`` with ``configs/group/<algorithm>_<env>.yaml`` (same env steps as the PPO recipe);
+the report then adds a table of the algorithms side by side and a picture of their held-out curves.
 
 Every stage is the README's own command (``python -m selu_lightning.data.collect``, ``selu fit``,
 ``selu test``) run in a subprocess with the recipe in ``configs/rl4vlm_cpu/``; per-env demonstration settings
@@ -35,6 +40,10 @@ RECIPES: dict[str, dict[str, Any]] = {
                   "test": ["--data.test_episodes=1000", "--data.eval_num_envs=50"]},
     "ezpoints": {"episodes": 300, "noise": 0.1, "sft": ["--trainer.max_epochs=8", "--model.lr_schedule_updates=12"],
                  "test": ["--data.test_episodes=200"]},
+    # A household task for the group algorithms' table (candidate actions, as its SFT recipe sets).
+    "virtualhome": {"episodes": 300, "noise": 0.1,
+                    "sft": ["--trainer.max_epochs=8", "--model.lr_schedule_updates=12"],
+                    "test": ["--data.test_episodes=200"]},
 }
 QUIET = ["--trainer.enable_progress_bar=false"]
 
@@ -61,8 +70,19 @@ def test_scores(save_dir: Path) -> dict[str, float]:
     return {k.split("/", 1)[1]: v[-1][1] for k, v in scalars.items() if k.startswith("test/")}
 
 
-def one_seed(env: str, seed: int, out: Path, extra_sft: list[str], extra_ppo: list[str]) -> dict[str, Any]:
-    """Collect -> SFT -> test -> PPO -> test for one env and seed; each stage skipped when already done."""
+def rl_config(algorithm: str, env: str) -> Path:
+    """The RL stage's recipe: the PPO recipe, or the group algorithm's recipe for the same env steps."""
+    if algorithm == "ppo":
+        return Path("configs/rl4vlm_cpu") / f"ppo_{env}.yaml"
+    return Path("configs/group") / f"{algorithm}_{env}.yaml"
+
+
+def one_seed(
+    env: str, seed: int, out: Path, extra_sft: list[str], extra_ppo: list[str], algorithms: tuple[str, ...] = ("ppo",)
+) -> dict[str, Any]:
+    """Collect -> SFT -> test -> (RL -> test per algorithm) for one env and seed; stages already done are skipped.
+
+    PPO's stage lives in ``ppo/`` (its figures under ``ppo_test``), another algorithm's in ``<algorithm>/``."""
     work = out / env / f"seed{seed}"
     work.mkdir(parents=True, exist_ok=True)
     timing_file = work / "timings.json"
@@ -74,7 +94,8 @@ def one_seed(env: str, seed: int, out: Path, extra_sft: list[str], extra_ppo: li
         d = RECIPES[env]
         timings["collect"] = run([sys.executable, "-m", "selu_lightning.data.collect", "--env", env, "--episodes",
                                   str(d["episodes"]), "--noise", str(d["noise"]), "--seed", str(seed), "--out",
-                                  str(demos)], work / "collect.log")  # fmt: skip
+                                  str(demos), "--prompts-from", str(cfg / f"sft_{env}.yaml")],
+                                 work / "collect.log")  # fmt: skip
     sft_ckpt = work / "sft"
     if not sft_ckpt.exists():
         timings["sft"] = run(["selu", "fit", "-c", str(cfg / f"sft_{env}.yaml"), f"--data.demonstrations={demos}",
@@ -85,23 +106,30 @@ def one_seed(env: str, seed: int, out: Path, extra_sft: list[str], extra_ppo: li
         timings["sft_test"] = run(["selu", "test", "-c", str(cfg / f"sft_{env}.yaml"), f"--data.demonstrations={demos}",
                                    f"--ckpt_path={sft_last}", f"--trainer.logger.init_args.save_dir={work / 'sft_test'}",
                                    *seeds, *QUIET, *RECIPES[env]["test"]], work / "sft_test.log")  # fmt: skip
-    ppo = work / "ppo"
-    if not ppo.exists():
-        timings["ppo"] = run(["selu", "fit", "-c", str(cfg / f"ppo_{env}.yaml"), f"--model.policy.init_from={sft_last}",
-                              f"--trainer.logger.init_args.save_dir={ppo}", *seeds, *QUIET, *extra_ppo],
-                             work / "ppo.log")  # fmt: skip
-    ppo_last = newest_run(ppo) / "checkpoints" / "last.ckpt"
-    if not (work / "ppo_test").exists():
-        timings["ppo_test"] = run(["selu", "test", "-c", str(cfg / f"ppo_{env}.yaml"), f"--ckpt_path={ppo_last}",
-                                   f"--model.policy.init_from={sft_last}",
-                                   f"--trainer.logger.init_args.save_dir={work / 'ppo_test'}", *seeds, *QUIET,
-                                   *RECIPES[env]["test"]],
-                                  work / "ppo_test.log")  # fmt: skip
+    rl_tests: dict[str, dict[str, float]] = {}
+    rl_runs: dict[str, str] = {}
+    for algorithm in algorithms:
+        cfg_rl = rl_config(algorithm, env)
+        stage = work / algorithm
+        if not stage.exists():
+            timings[algorithm] = run(["selu", "fit", "-c", str(cfg_rl), f"--model.policy.init_from={sft_last}",
+                                      f"--trainer.logger.init_args.save_dir={stage}", *seeds, *QUIET, *extra_ppo],
+                                     work / f"{algorithm}.log")  # fmt: skip
+        last = newest_run(stage) / "checkpoints" / "last.ckpt"
+        test_dir = work / f"{algorithm}_test"
+        if not test_dir.exists():
+            timings[f"{algorithm}_test"] = run(["selu", "test", "-c", str(cfg_rl), f"--ckpt_path={last}",
+                                                f"--model.policy.init_from={sft_last}",
+                                                f"--trainer.logger.init_args.save_dir={test_dir}", *seeds, *QUIET,
+                                                *RECIPES[env]["test"]],
+                                               work / f"{algorithm}_test.log")  # fmt: skip
+        rl_tests[algorithm] = test_scores(test_dir)
+        rl_runs[algorithm] = str(newest_run(stage))
     timing_file.write_text(json.dumps(timings, indent=1))
     return {
         "env": env, "seed": seed, "timings_s": timings,
-        "sft_test": test_scores(work / "sft_test"), "ppo_test": test_scores(work / "ppo_test"),
-        "ppo_run": str(newest_run(ppo)), "sft_run": str(newest_run(sft_ckpt)),
+        "sft_test": test_scores(work / "sft_test"), "sft_run": str(newest_run(sft_ckpt)),
+        **{f"{a}_test": rl_tests[a] for a in algorithms}, **{f"{a}_run": rl_runs[a] for a in algorithms},
     }  # fmt: skip
 
 
@@ -120,8 +148,8 @@ def report(summary: list[dict[str, Any]], docs: Path) -> str:
         "| env | seeds | SFT success | PPO success | gain (points) | SFT parse failures | PPO parse failures | SFT / PPO minutes |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for env in dict.fromkeys(r["env"] for r in summary):
-        rows = [r for r in summary if r["env"] == env]
+    for env in dict.fromkeys(r["env"] for r in summary if "ppo_test" in r):
+        rows = [r for r in summary if r["env"] == env and "ppo_test" in r]
         sft = [r["sft_test"]["success_rate"] for r in rows]
         ppo = [r["ppo_test"]["success_rate"] for r in rows]
         gain = [100 * (p - s) for p, s in zip(ppo, sft)]
@@ -143,6 +171,52 @@ def report(summary: list[dict[str, Any]], docs: Path) -> str:
         plot(runs, tags, f"PPO with text actions from the SFT checkpoint: {env} (tiny LLaVA, 2 CPU cores)").save(
             docs / f"rl4vlm_cpu_{env}.png"
         )
+    algorithms = sorted({k[: -len("_test")] for r in summary for k in r if k.endswith("_test") and k != "sft_test"})
+    if algorithms != ["ppo"]:
+        lines += ["", algorithm_table(summary, algorithms, docs)]
+    return "\n".join(lines)
+
+
+def _mean_curve(runs: list[dict[str, list[tuple[int, float]]]], tag: str) -> list[tuple[int, float]]:
+    """The mean over seeds at the steps every seed logged ``tag``."""
+    series = [dict(r.get(tag, [])) for r in runs]
+    steps = sorted(set.intersection(*(set(s) for s in series))) if series else []
+    return [(step, mean(s[step] for s in series)) for step in steps]
+
+
+def algorithm_table(summary: list[dict[str, Any]], algorithms: list[str], docs: Path) -> str:
+    """RL algorithms side by side from the same SFT checkpoints (per env), and their mean held-out curves."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from plot_runs import plot
+
+    lines = [
+        "| env | algorithm | seeds | SFT success | after RL | gain (points) | parse failures after | RL minutes |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for env in dict.fromkeys(r["env"] for r in summary):
+        curves = []
+        for algorithm in algorithms:
+            rows = [r for r in summary if r["env"] == env and f"{algorithm}_test" in r]
+            if not rows:
+                continue
+            sft = [r["sft_test"]["success_rate"] for r in rows]
+            after = [r[f"{algorithm}_test"]["success_rate"] for r in rows]
+            gain = [100 * (a - b) for a, b in zip(after, sft)]
+            failures = mean(r[f"{algorithm}_test"].get("parse_failure_rate", float("nan")) for r in rows)
+            minutes = [r["timings_s"].get(algorithm, 0.0) / 60 for r in rows]
+            lines.append(
+                f"| {env} | {algorithm} | {', '.join(str(r['seed']) for r in rows)} | {_spread(sft)} | {_spread(after)} "
+                f"| {mean(gain):+.1f} ({' / '.join(f'{g:+.1f}' for g in gain)}) | {failures:.3f} "
+                f"| {min(minutes):.1f}-{max(minutes):.1f} |"
+            )
+            scalars = [read_scalars(r[f"{algorithm}_run"]) for r in rows]
+            tags = ["val/success_rate", "train/success_rate", "train/kl_to_ref"]
+            curves.append((f"{algorithm} (mean of {len(rows)} seeds)", {t: _mean_curve(scalars, t) for t in tags}))
+        docs.mkdir(parents=True, exist_ok=True)
+        plot(curves, ["val/success_rate", "train/success_rate", "train/kl_to_ref"],
+             f"PPO vs group algorithms from the same SFT checkpoints: {env} (tiny LLaVA, 2 CPU cores)").save(
+            docs / f"group_algorithms_{env}.png"
+        )  # fmt: skip
     return "\n".join(lines)
 
 
@@ -155,7 +229,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sft-args", action="append", default=[], metavar="OPTION",
                         help="an extra `selu fit` option for every SFT run (repeat: --sft-args=--a=1 --sft-args=--b=2)")
     parser.add_argument("--ppo-args", action="append", default=[], metavar="OPTION",
-                        help="an extra `selu fit` option for every PPO run (repeat as --sft-args)")  # fmt: skip
+                        help="an extra `selu fit` option for every RL run (repeat as --sft-args)")
+    parser.add_argument("--algorithms", nargs="+", default=["ppo"], choices=["ppo", "grpo", "dr_grpo", "gigpo"],
+                        help="RL stages from each SFT checkpoint (ppo: configs/rl4vlm_cpu/, others: configs/group/)")  # fmt: skip
     parser.add_argument("--report", action="store_true", help="only rebuild the table and pictures")
     args = parser.parse_args(argv)
     summary_file = args.out / "summary.json"
@@ -164,11 +240,13 @@ def main(argv: list[str] | None = None) -> None:
         for env in args.envs:
             for seed in args.seeds:
                 print(f"== {env} seed {seed}", flush=True)
-                row = one_seed(env, seed, args.out, args.sft_args, args.ppo_args)
+                row = one_seed(env, seed, args.out, args.sft_args, args.ppo_args, tuple(args.algorithms))
+                old = [r for r in summary if (r["env"], r["seed"]) == (env, seed)]
+                row = {**(old[0] if old else {}), **row}   # keeps the figures of algorithms not run this time
                 summary = [r for r in summary if (r["env"], r["seed"]) != (env, seed)] + [row]
                 summary_file.write_text(json.dumps(summary, indent=1))
-                print(f"   SFT {row['sft_test']['success_rate']:.3f} -> PPO {row['ppo_test']['success_rate']:.3f}",
-                      flush=True)  # fmt: skip
+                after = ", ".join(f"{a} {row[f'{a}_test']['success_rate']:.3f}" for a in args.algorithms)
+                print(f"   SFT {row['sft_test']['success_rate']:.3f} -> {after}", flush=True)
     print(report(summary, args.docs))
 
 

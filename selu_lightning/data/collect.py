@@ -1,11 +1,16 @@
 """Demonstrations on disk: a scripted expert plays seeded episodes and a TrajectoryStore keeps them.
 
     python -m selu_lightning.data.collect --env numberline --episodes 500 --noise 0.2 --out demos/numberline
-    python -m selu_lightning.data.collect --env alfworld --env-kwargs '{"split": "eval"}' --out demos/alfworld
+    python -m selu_lightning.data.collect --env virtualhome --episodes 300 --noise 0.1 --out demos/virtualhome \
+        --prompts-from configs/rl4vlm_cpu/sft_virtualhome.yaml
 
 Each step records the frame, the observation text, the prompt the chosen action space would send, the expert's
 reply in that action space's format (RL4VLM's JSON for ``text``, the bare action for ``candidates``), the env
 action and reward; the simulator's success goes to the store's ground-truth field, which training never reads.
+SFT trains on the prompts as recorded, so they must be the ones the trained policy will see: ``--prompts-from
+CONFIG`` takes the reply format and the prompt template from a training config's ``model.action_space``.
+Household envs give each episode an instruction, which a prompt shows only through the template's ``{goal}``
+field; the action spaces' default templates have none (collection warns, as training does).
 Episodes are appended in batches, each batch atomically: a killed collection keeps every batch before it.
 
 The household experts plan with the simulator's hidden state (see :mod:`selu_lightning.experts.base`): this command
@@ -59,7 +64,8 @@ def collect_expert_episodes(
 ) -> Iterator[Trajectory]:
     """``episodes`` whole episodes of the env's expert, yielded as each ends, each from its own seed (stream
     ``"demo"``, never a training or evaluation seed). ``template``: the prompt wording (default: the action
-    space's)."""
+    space's); SFT trains on the prompts as recorded, so it must be the training config's template. Warns, as
+    training does, when the env gives instructions and the template has no ``{goal}``."""
     from selu_lightning.action_spaces import CandidateActionSpace, TextActionSpace
     from selu_lightning.experts import format_candidate, format_json
 
@@ -69,6 +75,7 @@ def collect_expert_episodes(
     given = dict(env_kwargs or {})
     expert = _expert(env, noise, given)
     game = make_env(env, **expert.env_kwargs(given))
+    space.check_env(type(game))
     rng = np.random.default_rng(seed_stream(seed, "demo"))
     seeds = seed_stream(seed, "demo", 1).generate_state(episodes)
     recorder = EpisodeRecorder(1, f"demo-{env}")
@@ -109,6 +116,26 @@ def _json_object(text: str) -> dict[str, Any]:
     return value
 
 
+#: The reply format of each action space an expert can write for (its class name in a config's class_path).
+REPLY_OF_SPACE = {"TextActionSpace": "text", "CandidateActionSpace": "candidates"}
+
+
+def prompts_from(config: str) -> tuple[Literal["text", "candidates"], str | None]:
+    """The reply format and prompt template (None: the space's default) of a training config's action space."""
+    import yaml
+
+    try:
+        with open(config) as f:
+            space = (yaml.safe_load(f) or {})["model"]["init_args"]["action_space"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError) as err:
+        raise ConfigError(f"--prompts-from {config}: no model.init_args.action_space there ({err!r})") from None
+    name = str(space.get("class_path", "")).rsplit(".", 1)[-1]
+    if name not in REPLY_OF_SPACE:
+        raise ConfigError(f"--prompts-from {config}: experts write for {sorted(REPLY_OF_SPACE)}, not {name!r}")
+    template = (space.get("init_args") or {}).get("template")
+    return REPLY_OF_SPACE[name], None if template == "default" else template  # type: ignore[return-value]
+
+
 def main(argv: list[str] | None = None) -> None:
     from selu_lightning.experts import EXPERTS
 
@@ -119,16 +146,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--episodes", type=int, default=500)
     parser.add_argument("--noise", type=float, default=0.0, help="probability of a wrong action with matching wrong reasoning")
     parser.add_argument("--reply", choices=["text", "candidates"], default="text")
+    parser.add_argument("--prompts-from", metavar="CONFIG", default=None,
+                        help="a training config whose model.action_space sets the reply format and prompt template "
+                             "(overrides --reply); household envs need a template with {goal}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch", type=int, default=50, help="episodes per atomic append")
     parser.add_argument("--out", required=True, help="the store's folder")
     args = parser.parse_args(argv)
     env_kwargs = demo_env_kwargs(args.env, args.noise, _json_object(args.env_kwargs))
-    policy = f"expert(noise={args.noise}, reply={args.reply})"
+    reply, template = prompts_from(args.prompts_from) if args.prompts_from else (args.reply, None)
+    policy = f"expert(noise={args.noise}, reply={reply})"
     store = TrajectoryStore(args.out, env=args.env, env_kwargs=env_kwargs, policy=policy)
     pending: list[Trajectory] = []
-    for trajectory in collect_expert_episodes(args.env, args.episodes, noise=args.noise, reply=args.reply,
-                                              env_kwargs=env_kwargs, seed=args.seed, progress=True):  # fmt: skip
+    for trajectory in collect_expert_episodes(args.env, args.episodes, noise=args.noise, reply=reply,
+                                              template=template, env_kwargs=env_kwargs, seed=args.seed,
+                                              progress=True):  # fmt: skip
         pending.append(trajectory)
         if len(pending) == args.batch:
             store.append(pending)  # atomic: a kill loses at most the batch in flight
