@@ -120,6 +120,7 @@ class SeluCLI(LightningCLI):
         config = self.config_init.get(self.subcommand, {})
         if config.get("ckpt_path") == "last":
             config["ckpt_path"] = latest_run_checkpoint(self.trainer)
+        _check_checkpoint_file(config.get("ckpt_path"))
         if self.trainer.logger is None:
             # Without a logger Lightning would save the resolved config as ./config.yaml, over whatever is there.
             self.trainer.callbacks = [c for c in self.trainer.callbacks if not isinstance(c, SaveConfigCallback)]
@@ -132,6 +133,7 @@ class SeluCLI(LightningCLI):
         callbacks = [c for c in self.trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
         if callbacks:
             self.trainer.callbacks.append(InterruptCheckpoint(dirpath=_checkpoint_dir(self.trainer), filename=INTERRUPTED))
+        self.trainer.callbacks.append(DiscardUntrainedRun())
 
     def _evaluate_trained(self) -> None:
         self._prepare_checkpoints()
@@ -216,11 +218,42 @@ INTERRUPTED = "interrupted"
 class InterruptCheckpoint(OnExceptionCheckpoint):
     """Saves on Ctrl-C and SIGTERM (every rank gets those, so all join the save's collectives), and on any
     other exception only in a single-process run: under DDP a crash on one rank must end the job, not wait in
-    a collective that the other ranks never enter."""
+    a collective that the other ranks never enter. Nothing is saved before the first update: that checkpoint
+    would hold the starting weights, and ``--ckpt_path last`` would resume it instead of a real run's."""
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if trainer.global_step == 0:
+            return
         if trainer.world_size == 1 or isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
             super().on_exception(trainer, pl_module, exception)
+
+
+class DiscardUntrainedRun(L.Callback):
+    """A fit that fails before its first update leaves no run folder (it would hold only the config and an empty
+    event file, and make the next run's number jump); the error message says what went wrong."""
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        import glob
+        import shutil
+
+        logger = trainer.logger
+        if trainer.global_step > 0 or logger is None or not trainer.is_global_zero:
+            return
+        run_dir = logger.log_dir
+        if run_dir and os.path.isdir(run_dir) and not glob.glob(os.path.join(run_dir, "**", "*.ckpt"), recursive=True):
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+#: ``--ckpt_path`` values Lightning resolves itself (``last`` is resolved to a file by the CLI before this).
+_CKPT_KEYWORDS = {"best", "last", "hpc", "registry"}
+
+
+def _check_checkpoint_file(path: str | None) -> None:
+    """A ``--ckpt_path`` naming no file is a one-line error before anything starts."""
+    if path is None or path in _CKPT_KEYWORDS or path.startswith("registry:") or "://" in path:
+        return
+    if not os.path.isfile(path):
+        raise ConfigError(f"--ckpt_path {path}: no such checkpoint file")
 
 
 def latest_run_checkpoint(trainer: L.Trainer) -> str:

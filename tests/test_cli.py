@@ -7,6 +7,7 @@ import pytest
 
 from selu_lightning.cli import main
 from selu_lightning.envs.base import TextVisualEnv, register_env
+from selu_lightning.envs.cards.numberline import NumberLineEnv
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml"))
@@ -17,6 +18,14 @@ class NoLegalActionsStubEnv(TextVisualEnv):
     """Test double: an env whose simulator lists no legal actions (like a free-text simulator)."""
 
     has_legal_actions = False
+
+
+@register_env("test-stub-crashes")
+class CrashingStubEnv(NumberLineEnv):
+    """Test double: NumberLine whose simulator dies on the first step (a crash before any update)."""
+
+    def step(self, action):
+        raise RuntimeError("test stub: the simulator crashed")
 
 
 def run_cli(args, capsys):
@@ -83,6 +92,7 @@ def test_interpolation(capsys, monkeypatch, tmp_path):
         (["--data.num_env", "8"], "RolloutDataModule has no option 'num_env'; did you mean 'num_envs'?"),
         (["--model.action_space", "selu_lightning.action_spaces.TextActionSpac"], "did you mean 'TextActionSpace'?"),
         (["--trainer.accelerator", "gpu"], "add --trainer.accelerator=cpu"),
+        (["--ckpt_path", "/no/such/run/last.ckpt"], "--ckpt_path /no/such/run/last.ckpt: no such checkpoint file"),
     ],
 )
 def test_bad_input_fails_in_one_line_before_weights_load(extra, message, capsys, monkeypatch, tmp_path):
@@ -164,6 +174,17 @@ def test_runs_keep_their_own_checkpoints_and_last_resumes_the_newest(capsys, mon
     assert fit_quickstart(capsys, runs, "--trainer.max_epochs=3", "--ckpt_path=last")[0] == 0
     resumed = torch.load(runs / "quickstart/version_2/checkpoints/last.ckpt", weights_only=False)
     assert resumed["epoch"] == 2 and resumed["global_step"] == 3
+
+
+def test_a_run_that_fails_before_its_first_update_leaves_no_folder(capsys, monkeypatch, tmp_path):
+    """No empty version_N, and no interrupted.ckpt of the starting weights for --ckpt_path last to pick up."""
+    monkeypatch.chdir(ROOT)
+    runs = tmp_path / "runs"
+    with pytest.raises(RuntimeError, match="the simulator crashed"):
+        fit_quickstart(capsys, runs, "--data.env=test-stub-crashes")
+    assert not list(runs.rglob("version_*")) and not list(runs.rglob("*.ckpt"))
+    assert fit_quickstart(capsys, runs, "--trainer.max_epochs=1")[0] == 0
+    assert [p.name for p in (runs / "quickstart").iterdir()] == ["version_0"]  # numbering did not jump
 
 
 def test_ckpt_path_last_with_nothing_to_resume_is_one_line(capsys, monkeypatch, tmp_path):

@@ -287,13 +287,14 @@ def test_sigterm_stops_a_rollout_at_the_next_step():
         progress(2, 8, 0, 0)
 
 
-@pytest.mark.parametrize("world, exception, saves", [
-    (1, RuntimeError("env bug"), True), (2, RuntimeError("env bug"), False), (2, KeyboardInterrupt(), True),
+@pytest.mark.parametrize("world, exception, step, saves", [
+    (1, RuntimeError("env bug"), 5, True), (2, RuntimeError("env bug"), 5, False), (2, KeyboardInterrupt(), 5, True),
+    (1, KeyboardInterrupt(), 0, False),  # before the first update: the starting weights are no run to resume
 ])  # fmt: skip
-def test_interrupt_checkpoint_never_waits_on_ranks_that_did_not_fail(world, exception, saves, tmp_path):
+def test_interrupt_checkpoint_never_waits_on_ranks_that_did_not_fail(world, exception, step, saves, tmp_path):
     from selu_lightning.cli import InterruptCheckpoint
 
     saved = []
-    trainer = SimpleNamespace(world_size=world, save_checkpoint=lambda path: saved.append(path))
+    trainer = SimpleNamespace(world_size=world, global_step=step, save_checkpoint=lambda path: saved.append(path))
     InterruptCheckpoint(dirpath=str(tmp_path), filename="interrupted").on_exception(trainer, None, exception)
     assert bool(saved) == saves
