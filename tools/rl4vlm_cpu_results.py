@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -77,6 +78,24 @@ def rl_config(algorithm: str, env: str) -> Path:
     return Path("configs/group") / f"{algorithm}_{env}.yaml"
 
 
+class Stages:
+    """One seed's stages, each run once. A stage counts as done when ``timings.json`` records its wall time
+    (written after every stage), so a stage killed half-way is started again from an empty folder."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.file = work / "timings.json"
+        self.timings: dict[str, float] = json.loads(self.file.read_text()) if self.file.exists() else {}
+
+    def run(self, name: str, cmd: list[str], output: Path) -> None:
+        if name in self.timings:
+            return
+        if output.exists():
+            shutil.rmtree(output)
+        self.timings[name] = run(cmd, self.work / f"{name}.log")
+        self.file.write_text(json.dumps(self.timings, indent=1))
+
+
 def one_seed(
     env: str, seed: int, out: Path, extra_sft: list[str], extra_ppo: list[str], algorithms: tuple[str, ...] = ("ppo",)
 ) -> dict[str, Any]:
@@ -85,52 +104,32 @@ def one_seed(
     PPO's stage lives in ``ppo/`` (its figures under ``ppo_test``), another algorithm's in ``<algorithm>/``."""
     work = out / env / f"seed{seed}"
     work.mkdir(parents=True, exist_ok=True)
-    timing_file = work / "timings.json"
-    timings: dict[str, float] = json.loads(timing_file.read_text()) if timing_file.exists() else {}
-    demos = work / "demos"
+    stages = Stages(work)
+    demos, sft, sft_test = work / "demos", work / "sft", work / "sft_test"
     cfg = Path("configs/rl4vlm_cpu")
     seeds = [f"--seed_everything={seed}", f"--data.seed={seed}"]
-    if not demos.exists():
-        d = RECIPES[env]
-        timings["collect"] = run([sys.executable, "-m", "selu_lightning.data.collect", "--env", env, "--episodes",
-                                  str(d["episodes"]), "--noise", str(d["noise"]), "--seed", str(seed), "--out",
-                                  str(demos), "--prompts-from", str(cfg / f"sft_{env}.yaml")],
-                                 work / "collect.log")  # fmt: skip
-    sft_ckpt = work / "sft"
-    if not sft_ckpt.exists():
-        timings["sft"] = run(["selu", "fit", "-c", str(cfg / f"sft_{env}.yaml"), f"--data.demonstrations={demos}",
-                              f"--trainer.logger.init_args.save_dir={sft_ckpt}", *seeds, *QUIET, *RECIPES[env]["sft"], *extra_sft],
-                             work / "sft.log")  # fmt: skip
-    sft_last = newest_run(sft_ckpt) / "checkpoints" / "last.ckpt"
-    if not (work / "sft_test").exists():
-        timings["sft_test"] = run(["selu", "test", "-c", str(cfg / f"sft_{env}.yaml"), f"--data.demonstrations={demos}",
-                                   f"--ckpt_path={sft_last}", f"--trainer.logger.init_args.save_dir={work / 'sft_test'}",
-                                   *seeds, *QUIET, *RECIPES[env]["test"]], work / "sft_test.log")  # fmt: skip
-    rl_tests: dict[str, dict[str, float]] = {}
-    rl_runs: dict[str, str] = {}
+    d = RECIPES[env]
+    stages.run("collect", [sys.executable, "-m", "selu_lightning.data.collect", "--env", env, "--episodes",
+                           str(d["episodes"]), "--noise", str(d["noise"]), "--seed", str(seed), "--out", str(demos),
+                           "--prompts-from", str(cfg / f"sft_{env}.yaml")], demos)  # fmt: skip
+    stages.run("sft", ["selu", "fit", "-c", str(cfg / f"sft_{env}.yaml"), f"--data.demonstrations={demos}",
+                       f"--trainer.logger.init_args.save_dir={sft}", *seeds, *QUIET, *d["sft"], *extra_sft], sft)  # fmt: skip
+    sft_last = newest_run(sft) / "checkpoints" / "last.ckpt"
+    stages.run("sft_test", ["selu", "test", "-c", str(cfg / f"sft_{env}.yaml"), f"--data.demonstrations={demos}",
+                            f"--ckpt_path={sft_last}", f"--trainer.logger.init_args.save_dir={sft_test}", *seeds,
+                            *QUIET, *d["test"]], sft_test)  # fmt: skip
+    row: dict[str, Any] = {"env": env, "seed": seed, "sft_test": test_scores(sft_test), "sft_run": str(newest_run(sft))}
     for algorithm in algorithms:
-        cfg_rl = rl_config(algorithm, env)
-        stage = work / algorithm
-        if not stage.exists():
-            timings[algorithm] = run(["selu", "fit", "-c", str(cfg_rl), f"--model.policy.init_from={sft_last}",
-                                      f"--trainer.logger.init_args.save_dir={stage}", *seeds, *QUIET, *extra_ppo],
-                                     work / f"{algorithm}.log")  # fmt: skip
+        cfg_rl, stage, test_dir = rl_config(algorithm, env), work / algorithm, work / f"{algorithm}_test"
+        stages.run(algorithm, ["selu", "fit", "-c", str(cfg_rl), f"--model.policy.init_from={sft_last}",
+                               f"--trainer.logger.init_args.save_dir={stage}", *seeds, *QUIET, *extra_ppo], stage)  # fmt: skip
         last = newest_run(stage) / "checkpoints" / "last.ckpt"
-        test_dir = work / f"{algorithm}_test"
-        if not test_dir.exists():
-            timings[f"{algorithm}_test"] = run(["selu", "test", "-c", str(cfg_rl), f"--ckpt_path={last}",
-                                                f"--model.policy.init_from={sft_last}",
-                                                f"--trainer.logger.init_args.save_dir={test_dir}", *seeds, *QUIET,
-                                                *RECIPES[env]["test"]],
-                                               work / f"{algorithm}_test.log")  # fmt: skip
-        rl_tests[algorithm] = test_scores(test_dir)
-        rl_runs[algorithm] = str(newest_run(stage))
-    timing_file.write_text(json.dumps(timings, indent=1))
-    return {
-        "env": env, "seed": seed, "timings_s": timings,
-        "sft_test": test_scores(work / "sft_test"), "sft_run": str(newest_run(sft_ckpt)),
-        **{f"{a}_test": rl_tests[a] for a in algorithms}, **{f"{a}_run": rl_runs[a] for a in algorithms},
-    }  # fmt: skip
+        stages.run(f"{algorithm}_test", ["selu", "test", "-c", str(cfg_rl), f"--ckpt_path={last}",
+                                         f"--model.policy.init_from={sft_last}",
+                                         f"--trainer.logger.init_args.save_dir={test_dir}", *seeds, *QUIET,
+                                         *d["test"]], test_dir)  # fmt: skip
+        row[f"{algorithm}_test"], row[f"{algorithm}_run"] = test_scores(test_dir), str(newest_run(stage))
+    return {**row, "timings_s": stages.timings}
 
 
 def _spread(xs: list[float]) -> str:
@@ -149,7 +148,7 @@ def report(summary: list[dict[str, Any]], docs: Path) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for env in dict.fromkeys(r["env"] for r in summary if "ppo_test" in r):
-        rows = [r for r in summary if r["env"] == env and "ppo_test" in r]
+        rows = sorted((r for r in summary if r["env"] == env and "ppo_test" in r), key=lambda r: r["seed"])
         sft = [r["sft_test"]["success_rate"] for r in rows]
         ppo = [r["ppo_test"]["success_rate"] for r in rows]
         gain = [100 * (p - s) for p, s in zip(ppo, sft)]
@@ -177,11 +176,23 @@ def report(summary: list[dict[str, Any]], docs: Path) -> str:
     return "\n".join(lines)
 
 
-def _mean_curve(runs: list[dict[str, list[tuple[int, float]]]], tag: str) -> list[tuple[int, float]]:
-    """The mean over seeds at the steps every seed logged ``tag``."""
-    series = [dict(r.get(tag, [])) for r in runs]
-    steps = sorted(set.intersection(*(set(s) for s in series))) if series else []
-    return [(step, mean(s[step] for s in series)) for step in steps]
+def _mean_curves(runs: list[dict[str, list[tuple[int, float]]]], tags: list[str]) -> dict[str, list[tuple[int, float]]]:
+    """Per tag, the mean over runs at the env steps every run logged it, as scalars whose x is env steps
+    (``train/env_steps`` maps each x to itself, so plot_runs draws them against env steps)."""
+    from plot_runs import X_TAG, _xy
+
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for tag in tags:
+        series = [dict(_xy(r, tag)) for r in runs]
+        xs = sorted(set.intersection(*(set(s) for s in series))) if series else []
+        curves[tag] = [(int(x), mean(s[x] for s in series)) for x in xs]
+    xs = sorted({x for points in curves.values() for x, _ in points})
+    return {**curves, X_TAG: [(x, float(x)) for x in xs]}
+
+
+#: The side-by-side picture: held-out success, training success, and how much of each rollout the update used
+#: (group algorithms learn only from complete episode groups; PPO uses every step).
+CURVE_TAGS = ["val/success_rate", "train/success_rate", "train/group_step_fraction"]
 
 
 def algorithm_table(summary: list[dict[str, Any]], algorithms: list[str], docs: Path) -> str:
@@ -196,7 +207,7 @@ def algorithm_table(summary: list[dict[str, Any]], algorithms: list[str], docs: 
     for env in dict.fromkeys(r["env"] for r in summary):
         curves = []
         for algorithm in algorithms:
-            rows = [r for r in summary if r["env"] == env and f"{algorithm}_test" in r]
+            rows = sorted((r for r in summary if r["env"] == env and f"{algorithm}_test" in r), key=lambda r: r["seed"])
             if not rows:
                 continue
             sft = [r["sft_test"]["success_rate"] for r in rows]
@@ -210,10 +221,9 @@ def algorithm_table(summary: list[dict[str, Any]], algorithms: list[str], docs: 
                 f"| {min(minutes):.1f}-{max(minutes):.1f} |"
             )
             scalars = [read_scalars(r[f"{algorithm}_run"]) for r in rows]
-            tags = ["val/success_rate", "train/success_rate", "train/kl_to_ref"]
-            curves.append((f"{algorithm} (mean of {len(rows)} seeds)", {t: _mean_curve(scalars, t) for t in tags}))
+            curves.append((f"{algorithm} (mean of {len(rows)} seeds)", _mean_curves(scalars, CURVE_TAGS)))
         docs.mkdir(parents=True, exist_ok=True)
-        plot(curves, ["val/success_rate", "train/success_rate", "train/kl_to_ref"],
+        plot(curves, CURVE_TAGS,
              f"PPO vs group algorithms from the same SFT checkpoints: {env} (tiny LLaVA, 2 CPU cores)").save(
             docs / f"group_algorithms_{env}.png"
         )  # fmt: skip
