@@ -245,17 +245,18 @@ def test_collect_command_writes_a_store(tmp_path, capsys, name):
 
 @pytest.mark.skipif(not HAS["virtualhome"], reason="needs the virtualhome simulator")
 def test_collection_records_the_training_configs_prompts(tmp_path, monkeypatch):
-    """``--prompts-from``: the demonstrations carry the config's reply format and template (with the episode's
-    instruction), so SFT trains on the prompts its policy will see; the default template warns that it hides the
+    """``--config``: the demonstrations carry the config's reply format and template (with the episode's
+    instruction) and its env settings, so SFT trains on the prompts and tasks its policy will see; the default template warns that it hides the
     instruction, and a config whose action space no expert writes for is refused in one line."""
     from pathlib import Path
 
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
     config = "configs/rl4vlm_cpu/sft_virtualhome.yaml"
-    main(["--env", "virtualhome", "--episodes", "2", "--prompts-from", config, "--out", str(tmp_path / "vh"),
+    main(["--env", "virtualhome", "--episodes", "2", "--config", config, "--out", str(tmp_path / "vh"),
           "--env-kwargs", json.dumps(FAST["virtualhome"])])  # fmt: skip
     store = TrajectoryStore(tmp_path / "vh")
     assert store.metadata["policy"] == "expert(noise=0.0, reply=candidates)"
+    assert store.metadata["env_kwargs"] == {"max_steps": 10, "task_kinds": ["pick up", "open", "switch on", "sit on"], **FAST["virtualhome"]}
     for episode in store.read():
         game = make_env("virtualhome", **FAST["virtualhome"])
         _, info = game.reset(seed=episode.seed)
@@ -268,4 +269,6 @@ def test_collection_records_the_training_configs_prompts(tmp_path, monkeypatch):
     bad = tmp_path / "latent.yaml"
     bad.write_text("model:\n  init_args:\n    action_space:\n      class_path: selu_lightning.action_spaces.LatentActionSpace\n")
     with pytest.raises(ConfigError, match="experts write for"):
-        main(["--env", "virtualhome", "--episodes", "1", "--prompts-from", str(bad), "--out", str(tmp_path / "x")])
+        main(["--env", "virtualhome", "--episodes", "1", "--config", str(bad), "--out", str(tmp_path / "x")])
+    with pytest.raises(ConfigError, match="trains on env 'virtualhome', not 'babyai'"):
+        main(["--env", "babyai", "--episodes", "1", "--config", config, "--out", str(tmp_path / "y")])

@@ -2,13 +2,14 @@
 
     python -m selu_lightning.data.collect --env numberline --episodes 500 --noise 0.2 --out demos/numberline
     python -m selu_lightning.data.collect --env virtualhome --episodes 300 --noise 0.1 --out demos/virtualhome \
-        --prompts-from configs/rl4vlm_cpu/sft_virtualhome.yaml
+        --config configs/rl4vlm_cpu/sft_virtualhome.yaml
 
 Each step records the frame, the observation text, the prompt the chosen action space would send, the expert's
 reply in that action space's format (RL4VLM's JSON for ``text``, the bare action for ``candidates``), the env
 action and reward; the simulator's success goes to the store's ground-truth field, which training never reads.
-SFT trains on the prompts as recorded, so they must be the ones the trained policy will see: ``--prompts-from
-CONFIG`` takes the reply format and the prompt template from a training config's ``model.action_space``.
+SFT trains on the prompts as recorded, so they must be the ones the trained policy will see: ``--config CONFIG``
+takes the reply format and the prompt template from a training config's ``model.action_space``, and the env's
+settings from its ``data.env_kwargs``.
 Household envs give each episode an instruction, which a prompt shows only through the template's ``{goal}``
 field; the action spaces' default templates have none (collection warns, as training does).
 Episodes are appended in batches, each batch atomically: a killed collection keeps every batch before it.
@@ -120,20 +121,26 @@ def _json_object(text: str) -> dict[str, Any]:
 REPLY_OF_SPACE = {"TextActionSpace": "text", "CandidateActionSpace": "candidates"}
 
 
-def prompts_from(config: str) -> tuple[Literal["text", "candidates"], str | None]:
-    """The reply format and prompt template (None: the space's default) of a training config's action space."""
+def settings_from(config: str, env: str) -> tuple[Literal["text", "candidates"], str | None, dict[str, Any]]:
+    """What a training config says about its episodes: the reply format and prompt template (None: the space's
+    default) of ``model.action_space``, and ``data.env_kwargs``; its ``data.env`` must be ``env``."""
     import yaml
 
     try:
         with open(config) as f:
-            space = (yaml.safe_load(f) or {})["model"]["init_args"]["action_space"]
-    except (OSError, KeyError, TypeError, yaml.YAMLError) as err:
-        raise ConfigError(f"--prompts-from {config}: no model.init_args.action_space there ({err!r})") from None
+            init = yaml.safe_load(f) or {}
+        space = init["model"]["init_args"]["action_space"]
+        data = init.get("data", {}).get("init_args", {}) or {}
+    except (OSError, KeyError, TypeError, AttributeError, yaml.YAMLError) as err:
+        raise ConfigError(f"--config {config}: no model.init_args.action_space there ({err!r})") from None
     name = str(space.get("class_path", "")).rsplit(".", 1)[-1]
     if name not in REPLY_OF_SPACE:
-        raise ConfigError(f"--prompts-from {config}: experts write for {sorted(REPLY_OF_SPACE)}, not {name!r}")
+        raise ConfigError(f"--config {config}: experts write for {sorted(REPLY_OF_SPACE)}, not {name!r}")
+    if data.get("env", env) != env:
+        raise ConfigError(f"--config {config} trains on env {data['env']!r}, not {env!r}")
     template = (space.get("init_args") or {}).get("template")
-    return REPLY_OF_SPACE[name], None if template == "default" else template  # type: ignore[return-value]
+    template = None if template == "default" else template
+    return REPLY_OF_SPACE[name], template, dict(data.get("env_kwargs") or {})  # type: ignore[return-value]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -146,15 +153,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--episodes", type=int, default=500)
     parser.add_argument("--noise", type=float, default=0.0, help="probability of a wrong action with matching wrong reasoning")
     parser.add_argument("--reply", choices=["text", "candidates"], default="text")
-    parser.add_argument("--prompts-from", metavar="CONFIG", default=None,
-                        help="a training config whose model.action_space sets the reply format and prompt template "
-                             "(overrides --reply); household envs need a template with {goal}")
+    parser.add_argument("--config", metavar="CONFIG", default=None,
+                        help="the training config the demonstrations are for: its model.action_space sets the reply "
+                             "format and prompt template (overrides --reply; household envs need one with {goal}), its "
+                             "data.env_kwargs the env's settings (under --env-kwargs)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch", type=int, default=50, help="episodes per atomic append")
     parser.add_argument("--out", required=True, help="the store's folder")
     args = parser.parse_args(argv)
-    env_kwargs = demo_env_kwargs(args.env, args.noise, _json_object(args.env_kwargs))
-    reply, template = prompts_from(args.prompts_from) if args.prompts_from else (args.reply, None)
+    reply, template, config_kwargs = settings_from(args.config, args.env) if args.config else (args.reply, None, {})
+    env_kwargs = demo_env_kwargs(args.env, args.noise, {**config_kwargs, **_json_object(args.env_kwargs)})
     policy = f"expert(noise={args.noise}, reply={reply})"
     store = TrajectoryStore(args.out, env=args.env, env_kwargs=env_kwargs, policy=policy)
     pending: list[Trajectory] = []
