@@ -250,6 +250,8 @@ def main(argv: list[str] | None = None) -> None:
             for seed in args.seeds:
                 print(f"== {env} seed {seed}", flush=True)
                 row = one_seed(env, seed, args.out, args.sft_args, args.ppo_args, tuple(args.algorithms))
+                # read again: another sweep (another env) may share the output folder
+                summary = json.loads(summary_file.read_text()) if summary_file.exists() else []
                 old = [r for r in summary if (r["env"], r["seed"]) == (env, seed)]
                 row = {**(old[0] if old else {}), **row}   # keeps the figures of algorithms not run this time
                 summary = [r for r in summary if (r["env"], r["seed"]) != (env, seed)] + [row]
