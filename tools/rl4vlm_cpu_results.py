@@ -28,6 +28,7 @@ from pathlib import Path
 from statistics import mean, stdev
 from typing import Any
 
+from selu_lightning.rl.group import GROUP_ALGORITHMS
 from selu_lightning.tb import read_scalars
 
 #: Per env: demonstrations (episodes, how often the expert deliberately errs) and the SFT stage's options on
@@ -239,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="an extra `selu fit` option for every SFT run (repeat: --sft-args=--a=1 --sft-args=--b=2)")
     parser.add_argument("--ppo-args", action="append", default=[], metavar="OPTION",
                         help="an extra `selu fit` option for every RL run (repeat as --sft-args)")
-    parser.add_argument("--algorithms", nargs="+", default=["ppo"], choices=["ppo", "grpo", "dr_grpo", "gigpo"],
+    parser.add_argument("--algorithms", nargs="+", default=["ppo"], choices=["ppo", *GROUP_ALGORITHMS],
                         help="RL stages from each SFT checkpoint (ppo: configs/rl4vlm_cpu/, others: configs/group/)")  # fmt: skip
     parser.add_argument("--report", action="store_true", help="only rebuild the table and pictures")
     args = parser.parse_args(argv)
