@@ -10,7 +10,10 @@ from selu_lightning.envs.base import TextVisualEnv, register_env
 from selu_lightning.envs.cards.numberline import NumberLineEnv
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml"))
+ALL_CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml"))
+#: selu-round's configs (configs/selu/round_*.yaml) name two `selu fit` configs; the rest are `selu fit` configs.
+ROUND_CONFIGS = [c for c in ALL_CONFIGS if Path(c).name.startswith("round_")]
+CONFIGS = [c for c in ALL_CONFIGS if c not in ROUND_CONFIGS]
 
 
 @register_env("test-stub-no-legal-actions")
@@ -45,6 +48,15 @@ def test_every_shipped_yaml_parses(config, capsys, monkeypatch):
     code, out, _ = run_cli(["fit", "-c", config, "--print_config"], capsys)
     assert code == 0
     assert "model_name_or_path" in out and "env:" in out
+
+
+@pytest.mark.parametrize("config", ROUND_CONFIGS)
+def test_every_round_config_parses_and_names_fit_configs(config, monkeypatch):
+    from selu_lightning.selu_round import parse_args
+
+    monkeypatch.chdir(ROOT)
+    cfg = parse_args(["-c", config])
+    assert cfg.actor in CONFIGS and cfg.critic in CONFIGS and (cfg.ppo is None or cfg.ppo in CONFIGS)
 
 
 def test_help_documents_every_option(capsys):

@@ -81,6 +81,7 @@ def test_every_readme_command_is_covered(tmp_path):
             or command.endswith("python -m pytest")
             or words[0] in ("tensorboard", "torchrun", "pip")
             or words[:3] == ["python", "-m", "selu_lightning.data.collect"]
+            or words[0] == "selu-round"
             or _selu_args(command, tmp_path) is not None
         )
         if not covered:
@@ -124,3 +125,16 @@ def test_readme_collect_commands_run(command, monkeypatch, tmp_path):
     args[args.index("--episodes") + 1] = "3"
     main(args)
     assert len(TrajectoryStore(tmp_path / "demos")) == 3
+
+
+@pytest.mark.parametrize("command", [c for c in readme_commands() if c.startswith("selu-round ")])
+def test_readme_round_commands_parse(command, monkeypatch):
+    """Each ``selu-round`` command parses as written into a round whose two ``selu fit`` configs exist (a whole
+    round on shrunk settings runs in tests/test_selu_round.py)."""
+    from selu_lightning.selu_round import parse_args
+
+    monkeypatch.chdir(ROOT)
+    cfg = parse_args(shlex.split(command)[1:])
+    assert (ROOT / cfg.actor).is_file() and (ROOT / cfg.critic).is_file()
+    if "--variant" in command:
+        assert cfg.variant == shlex.split(command)[shlex.split(command).index("--variant") + 1]

@@ -187,3 +187,31 @@ def test_bad_critic_configurations_fail_before_weights_load():
         SELUCritic(CRITIC_POLICY, env="virtualhome").check_env(VirtualHomeEnv)
     with pytest.raises(ConfigError, match="output"):
         CriticReward(SELUCritic(CRITIC_POLICY, env="virtualhome"), output="logit")
+
+
+def test_scene_prior_and_oracle_examples(critic, episodes):
+    """The prior's examples: yes/no answered with the answer words, "which" with the object's name after the
+    hindsight prompt; the oracle's: each episode's own question answered with its ground truth."""
+    loader = critic.build_scene_data(episodes)
+    kinds = {e.kind for e in critic.last_examples}
+    assert kinds == {"self_ask", "which"} and len(loader.dataset) == len(critic.last_examples)
+    which = next(k for k, e in enumerate(critic.last_examples) if e.kind == "which")
+    name = critic.last_examples[which].answer
+    ids = critic.policy.tokenizer(name, add_special_tokens=False)["input_ids"]
+    assert loader.dataset[which]["response"].tolist()[:-1] == ids
+    labels = [bool(e.ground_truth["success"]) for e in episodes]
+    critic.build_oracle_data(episodes, labels)
+    assert [e.answer == "yes" for e in critic.last_examples] == labels
+    assert critic.data_stats.accepted == sum(labels)
+
+
+def test_self_consistency_votes_replace_p_yes(critic, episodes):
+    frames, goals = [e.final_frame for e in episodes], [e.goal for e in episodes]
+    p = critic.verdict(frames, goals)
+    critic.hparams.self_consistency = 64
+    try:
+        votes = critic.verdict(frames, goals)
+    finally:
+        critic.hparams.self_consistency = 0
+    assert votes.shape == p.shape and ((votes >= 0) & (votes <= 1)).all()
+    assert not torch.equal(votes, p)  # shares of sampled votes (tests/test_selu_round.py), not p(yes)

@@ -55,11 +55,12 @@ class CriticExample:
     frame: np.ndarray | None
     observation: str
     question: str
-    answer: Literal["yes", "no"]
+    answer: str
+    """"yes" or "no"; for ``kind="which"`` (scene-prior questions) the object's name."""
     instruction: str
     """The instruction the example is about (the relabeled one for relabeled examples)."""
     verb: str
-    kind: Literal["self_ask", "relabeled", "negative"]
+    kind: Literal["self_ask", "relabeled", "negative", "oracle", "which"]
 
 
 @dataclass

@@ -19,7 +19,7 @@ from typing import Literal, Sequence
 from selu_lightning.critic.tasks import TaskSpec, normalize_name
 from selu_lightning.errors import ConfigError
 
-__all__ = ["VerbQuestions", "CriticQuestions", "DEFAULT_TEMPLATES", "match_object", "replace_object"]
+__all__ = ["VerbQuestions", "CriticQuestions", "DEFAULT_TEMPLATES", "match_object", "replace_object", "fill_question"]
 
 
 @dataclass
@@ -106,13 +106,13 @@ class CriticQuestions:
         """The yes/no question for one instruction (the direct one under ``style: direct`` or when unread)."""
         if self.style == "direct" or spec is None:
             return self.direct.format(instruction=instruction)
-        return _fill(templates[spec.verb].ask, spec)
+        return fill_question(templates[spec.verb].ask, spec)
 
     def hindsight(self, templates: dict[str, VerbQuestions], spec: TaskSpec) -> str:
-        return _fill(templates[spec.verb].hindsight, spec)
+        return fill_question(templates[spec.verb].hindsight, spec)
 
 
-def _fill(template: str, spec: TaskSpec) -> str:
+def fill_question(template: str, spec: TaskSpec) -> str:
     return template.format(object=spec.object, target=spec.target or "")
 
 

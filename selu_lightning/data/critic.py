@@ -7,7 +7,7 @@ This module and :func:`judged_batches` are evaluation code: the only place the c
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import lightning as L
 from torch.utils.data import DataLoader
@@ -60,6 +60,7 @@ class CriticDataModule(L.LightningDataModule):
         env: str | None = None,
         max_episodes: int | None = None,
         eval_batch_size: int = 16,
+        labels: Literal["self", "scene", "oracle"] = "self",
     ) -> None:
         """
         Args:
@@ -69,6 +70,11 @@ class CriticDataModule(L.LightningDataModule):
             env: The env the stores must have been recorded in (null: not checked).
             max_episodes: Learn from the first this many stored episodes (null: all).
             eval_batch_size: Held-out episodes per evaluation batch.
+            labels: Where the critic's training examples come from. ``self``: SELU, the critic labels the
+                episodes itself (ground truth not read); ``scene``: the perception prior, questions about single
+                observations answered from the states their text lists (no instruction, no success:
+                :mod:`selu_lightning.critic.prior`); ``oracle``: the upper-bound ablation, each episode's own
+                question answered with its ground-truth success (the one training path that reads it).
         """
         super().__init__()
         self.train_stores = [trajectories] if isinstance(trajectories, str) else list(trajectories)
@@ -78,6 +84,9 @@ class CriticDataModule(L.LightningDataModule):
             raise ConfigError(f"data.eval_batch_size must be >= 1 (got {eval_batch_size})")
         self.val_store, self.test_store = val_trajectories, test_trajectories
         self.env, self.max_episodes, self.eval_batch_size = env, max_episodes, eval_batch_size
+        if labels not in ("self", "scene", "oracle"):
+            raise ConfigError(f"data.labels must be self, scene or oracle (got {labels!r})")
+        self.labels = labels
         self._train_loader: Any = None
 
     def _open(self, path: str, key: str) -> TrajectoryStore:
@@ -91,12 +100,22 @@ class CriticDataModule(L.LightningDataModule):
         return store
 
     def train_dataloader(self) -> Any:
-        """The critic's examples from the stored episodes, built once per run (the loader reshuffles)."""
+        """The critic's examples from the stored episodes (``labels``), built once per run (the loader
+        reshuffles)."""
         if self._train_loader is None:
-            episodes = [t for p in self.train_stores for t in self._open(p, "trajectories").iter_trajectories()]
+            oracle = self.labels == "oracle"  # the upper-bound ablation: the only training read of ground truth
+            episodes = [t for p in self.train_stores
+                        for t in self._open(p, "trajectories").iter_trajectories(with_ground_truth=oracle)]  # fmt: skip
             if self.max_episodes is not None:
                 episodes = episodes[: self.max_episodes]
-            self._train_loader = self.trainer.lightning_module.build_train_data(episodes)
+            module = self.trainer.lightning_module
+            if oracle:
+                batch = judged_batches(episodes, max(len(episodes), 1))[0] if episodes else JudgedEpisodes([], [])
+                self._train_loader = module.build_oracle_data(batch.trajectories, batch.labels)
+            elif self.labels == "scene":
+                self._train_loader = module.build_scene_data(episodes)
+            else:
+                self._train_loader = module.build_train_data(episodes)
         return self._train_loader
 
     def _eval_loader(self, path: str | None, key: str) -> DataLoader:

@@ -4,10 +4,14 @@ instruction from the episode's final observation (SELU, Li et al. 2024).
 1. data      :meth:`build_train_data`: the critic asks itself about each episode's final observation and labels
              its own examples (self-asking, hindsight relabeling, optional negatives:
              :mod:`selu_lightning.critic.data`). Episodes are read without ground truth (invariant 7).
+             Two other sources, picked by ``CriticDataModule(labels=...)``: :meth:`build_scene_data` (the
+             perception prior: scene questions, :mod:`selu_lightning.critic.prior`) and
+             :meth:`build_oracle_data` (the ground-truth upper bound, an ablation).
 2. update    :meth:`training_step`: next-token cross-entropy on the answer tokens only ("Yes"/"No" + EOS),
              ActorSFT's loss on the critic's own examples.
 3. judge     :meth:`verdict`: p(yes) for (final frame, instruction) pairs, yes / (yes + no) over the first answer
-             token, batched (in chunks of ``chunk_size``); :meth:`answer`: short greedy free text (hindsight).
+             token, batched (in chunks of ``chunk_size``), or the share of yes among ``self_consistency``
+             sampled answers (the baseline); :meth:`answer`: short greedy free text (hindsight).
 4. evaluate  held-out episodes whose ground truth comes apart from them in the batch (``JudgedEpisodes``, from
              ``CriticDataModule``: the only reader of ground truth): ``val/critic_accuracy``, ``_precision``,
              ``_recall``, ``_f1``, ``_auroc`` (torchmetrics).
@@ -32,6 +36,7 @@ from selu_lightning.critic.data import (
     LabelingConfig,
     build_critic_examples,
 )
+from selu_lightning.critic.prior import scene_examples
 from selu_lightning.critic.questions import CriticQuestions
 from selu_lightning.critic.tasks import task_structure
 from selu_lightning.data.trajectories import Trajectory
@@ -40,7 +45,7 @@ from selu_lightning.modules.actor_sft import response_cross_entropy, response_ex
 from selu_lightning.modules.agent import VLMAgent, eval_mode
 from selu_lightning.policy.vlm import PolicyConfig, PromptSample
 
-__all__ = ["SELUCritic", "yes_probability"]
+__all__ = ["SELUCritic", "yes_probability", "vote_fraction"]
 
 
 def yes_probability(logits: torch.Tensor, yes_id: int, no_id: int) -> torch.Tensor:
@@ -48,6 +53,18 @@ def yes_probability(logits: torch.Tensor, yes_id: int, no_id: int) -> torch.Tens
     sigmoid of the logit difference (the rest of the vocabulary does not enter)."""
     logits = logits.float()
     return torch.sigmoid(logits[:, yes_id] - logits[:, no_id])
+
+
+def vote_fraction(
+    logits: torch.Tensor, yes_id: int, no_id: int, samples: int, temperature: float, generator: torch.Generator
+) -> torch.Tensor:
+    """[B] fp32 self-consistency verdicts: ``samples`` first answer tokens drawn per question from the full
+    [B, V] next-token distribution at ``temperature``; the fraction of yes among the yes and no votes (0.5
+    when no sample was either: the vote is tied). A majority vote is this fraction >= 0.5."""
+    probs = torch.softmax(logits.float() / temperature, dim=-1).cpu()
+    draws = torch.multinomial(probs, samples, replacement=True, generator=generator)
+    yes, no = (draws == yes_id).sum(-1).float(), (draws == no_id).sum(-1).float()
+    return torch.where(yes + no > 0, yes / (yes + no).clamp(min=1), torch.full_like(yes, 0.5))
 
 
 class SELUCritic(VLMAgent):
@@ -61,6 +78,8 @@ class SELUCritic(VLMAgent):
         observation_text: bool = False,
         answer_max_new_tokens: int = 12,
         chunk_size: int = 16,
+        self_consistency: int = 0,
+        self_consistency_temperature: float = 1.0,
         minibatch_size: int = 16,
         lr: float = 1e-4,
         lr_min: float = 1e-6,
@@ -81,6 +100,9 @@ class SELUCritic(VLMAgent):
             observation_text: Also show the final observation's text (off in the paper: it states the scene).
             answer_max_new_tokens: Length limit of free-text (hindsight) answers.
             chunk_size: Most questions in one forward pass (bounds memory; verdicts are batched within it).
+            self_consistency: The self-consistency baseline: > 0 replaces p(yes) by the fraction of yes votes
+                among this many answers sampled per question (:func:`vote_fraction`); 0: p(yes) vs p(no).
+            self_consistency_temperature: Sampling temperature of those answers.
             minibatch_size: Examples per training step (per rank).
             lr: Peak learning rate (AdamW).
             lr_min: Final learning rate of the cosine schedule.
@@ -97,7 +119,8 @@ class SELUCritic(VLMAgent):
         if not (with_image or observation_text):
             raise ConfigError("SELUCritic sees nothing of the final observation: set with_image or observation_text")
         for key, value in (("minibatch_size", minibatch_size), ("chunk_size", chunk_size),
-                           ("answer_max_new_tokens", answer_max_new_tokens)):  # fmt: skip
+                           ("answer_max_new_tokens", answer_max_new_tokens),
+                           ("self_consistency", self_consistency + 1)):  # fmt: skip
             if value < 1:
                 raise ConfigError(f"model.{key} must be >= 1 (got {value})")
         self.questions = questions or CriticQuestions()
@@ -116,6 +139,9 @@ class SELUCritic(VLMAgent):
             "recall": BinaryRecall(threshold), "f1": BinaryF1Score(threshold), "auroc": BinaryAUROC(),
         })  # fmt: skip
         self.val_metrics, self.test_metrics = metrics(), metrics()
+        if self_consistency_temperature <= 0:
+            raise ConfigError(f"model.self_consistency_temperature must be > 0 (got {self_consistency_temperature})")
+        self._votes = torch.Generator().manual_seed(int(seed))
 
     # ------------------------------------------------------------------ setup
     def check_env(self, env_cls: type) -> None:
@@ -162,22 +188,28 @@ class SELUCritic(VLMAgent):
     # ------------------------------------------------------------------ judging
     @torch.no_grad()
     def p_yes(self, queries: Sequence[CriticQuery]) -> torch.Tensor:
-        """[B] fp32 p(yes) (against p(no)) for yes/no questions, one teacher-forced pass per chunk (no dropout)."""
+        """[B] fp32 p(yes) (against p(no)) for yes/no questions, one teacher-forced pass per chunk (no dropout);
+        under ``self_consistency`` the fraction of yes votes among sampled answers instead."""
         out: list[torch.Tensor] = []
         lm_head = self.policy.hf_model.get_output_embeddings()
+        votes = self.hparams.self_consistency
         with eval_mode(self, self._submodules()), self._precision():
             for chunk in self._chunks(list(queries)):
                 prompts = self._encode(chunk, self.questions.answer_prompt)
                 hidden = self.policy.backbone(prompts, [torch.zeros(0, dtype=torch.long)] * len(prompts))
                 h = hidden.last_prompt_hidden()
-                # Only the two answer rows of the LM head, in fp32 with autocast off: bf16 logits of magnitude
-                # 20-30 would move p(yes) by percents, enough to flip a threshold label.
-                ids = [self._yes_id, self._no_id]
+                # The LM head in fp32 with autocast off (only its two answer rows for p(yes)): bf16 logits of
+                # magnitude 20-30 would move p(yes) by percents, enough to flip a threshold label.
+                ids = [self._yes_id, self._no_id] if not votes else slice(None)
                 with torch.autocast(h.device.type, enabled=False):
-                    pair = h.float() @ lm_head.weight[ids].float().T
+                    logits = h.float() @ lm_head.weight[ids].float().T
                     if getattr(lm_head, "bias", None) is not None:
-                        pair = pair + lm_head.bias[ids].float()
-                out.append(yes_probability(pair, 0, 1).cpu())
+                        logits = logits + lm_head.bias[ids].float()
+                if votes:
+                    temperature = self.hparams.self_consistency_temperature
+                    out.append(vote_fraction(logits, self._yes_id, self._no_id, votes, temperature, self._votes))
+                else:
+                    out.append(yes_probability(logits, 0, 1).cpu())
         return torch.cat(out) if out else torch.zeros(0)
 
     def verdict(
@@ -220,13 +252,56 @@ class SELUCritic(VLMAgent):
         """The critic's own examples (self-asking + hindsight, answered by the critic as it is now) from episodes
         (a list of Trajectory, or a Rollout's finished ones), shuffled each epoch with a seeded generator."""
         trajectories: Sequence[Trajectory] = getattr(episodes, "trajectories", episodes)
-        rank = self.global_rank if self._trainer is not None else 0
-        world = self._trainer.world_size if self._trainer is not None else 1
         # Each rank labels its own share of the episodes (the labeling passes are the costly part).
         examples, stats = build_critic_examples(
-            list(trajectories)[rank::world], self.structure, self.questions, self.templates,
+            self._my_share(trajectories), self.structure, self.questions, self.templates,
             judge=lambda qs: self.p_yes(qs).tolist(), ask=self.answer, labeling=self.labeling,
         )  # fmt: skip
+        return self._loader(examples, stats)
+
+    def build_scene_data(self, episodes: Sequence[Trajectory]) -> DataLoader:
+        """The perception prior's examples (``data.labels: scene``): questions about single observations answered
+        from the states their text lists (:mod:`selu_lightning.critic.prior`); no instruction, no success."""
+        rng = np.random.default_rng(int(self.hparams.seed) * 1000003 + self._rank_world()[0])
+        examples = scene_examples(self._my_share(episodes), self.hparams.env, self.structure, self.templates, rng)
+        stats = CriticDataStats(episodes=len(self._my_share(episodes)))
+        for e in examples:
+            stats.examples_per_verb[e.verb] += e.kind != "which"
+        return self._loader(examples, stats)
+
+    def build_oracle_data(self, episodes: Sequence[Trajectory], labels: Sequence[bool]) -> DataLoader:
+        """The oracle-labels upper bound (``data.labels: oracle``): each episode's own question answered with
+        its ground-truth success. The one training path that sees ground truth, by design; only
+        ``CriticDataModule`` calls it, for this ablation."""
+        rank, world = self._rank_world()
+        examples, stats = [], CriticDataStats()
+        for traj, success in list(zip(episodes, labels))[rank::world]:
+            stats.episodes += 1
+            spec = self.structure.task_spec(traj.goal)
+            if spec is None or spec.verb not in self.templates:
+                stats.unparsed += 1
+                continue
+            stats.accepted += bool(success)
+            stats.rejected += not success
+            stats.examples_per_verb[spec.verb] += bool(success)
+            question = self.questions.ask(self.templates, spec, traj.goal)
+            examples.append(CriticExample(traj.episode_id, traj.final_frame, traj.final_observation, question,
+                                          "yes" if success else "no", traj.goal, spec.verb, "oracle"))  # fmt: skip
+        return self._loader(examples, stats)
+
+    def _rank_world(self) -> tuple[int, int]:
+        if self._trainer is None:
+            return 0, 1
+        return self.global_rank, self._trainer.world_size
+
+    def _my_share(self, trajectories: Sequence[Trajectory]) -> list[Trajectory]:
+        rank, world = self._rank_world()
+        return list(trajectories)[rank::world]
+
+    def _loader(self, examples: list[CriticExample], stats: CriticDataStats) -> DataLoader:
+        """Examples as a DataLoader every rank serves equally many minibatches from, shuffled with a seeded
+        generator; their statistics summed over ranks into ``data_stats``."""
+        rank, _ = self._rank_world()
         counts = self._share_counts(len(examples), stats)
         self.last_examples = examples
         if max(counts) == 0:
@@ -236,8 +311,7 @@ class SELUCritic(VLMAgent):
                 f"a rank built no critic examples from its share of the episodes (examples per rank: {counts}): "
                 "give the critic more episodes or fewer ranks"
             )
-        words = {"yes": self.questions.answer_yes, "no": self.questions.answer_no}
-        samples = [self._sample(e, words[e.answer]) for e in examples]
+        samples = [self._sample(e) for e in examples]
         # How many examples a rank labels depends on the critic's answers: ranks that built fewer repeat some,
         # so every rank serves the same number of minibatches (an extra step on one rank would hang DDP).
         samples += [samples[k % len(samples)] for k in range(max(counts) - len(samples))]
@@ -260,10 +334,15 @@ class SELUCritic(VLMAgent):
         self.data_stats = summed
         return counts
 
-    def _sample(self, example: CriticExample, answer: str) -> dict[str, Any]:
-        """An example as the critic is asked it (the same prompt :meth:`p_yes` builds) and its answer's tokens."""
+    def _sample(self, example: CriticExample) -> dict[str, Any]:
+        """An example as the critic is asked it (the same prompt :meth:`p_yes` or :meth:`answer` builds) and its
+        answer's tokens."""
         query = CriticQuery(example.frame, example.observation, example.question)
-        text = self.user_text(query, self.questions.answer_prompt)
+        if example.kind == "which":  # a free-text answer, asked as hindsight questions are
+            text, answer = self.user_text(query, self.questions.hindsight_prompt), example.answer
+        else:
+            words = {"yes": self.questions.answer_yes, "no": self.questions.answer_no}
+            text, answer = self.user_text(query, self.questions.answer_prompt), words[example.answer]
         return response_example(self.policy, text, self._frame(query), answer, self.hparams.with_image)
 
     # ------------------------------------------------------------------ update
