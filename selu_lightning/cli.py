@@ -137,13 +137,14 @@ class SeluCLI(LightningCLI):
 
     def _evaluate_trained(self) -> None:
         self._prepare_checkpoints()
-        if self.config_init.get(self.subcommand, {}).get("ckpt_path") is None:
+        policy = getattr(getattr(self.model, "policy", None), "config", None)
+        if self.config_init.get(self.subcommand, {}).get("ckpt_path") is None and not getattr(policy, "init_from", None):
             from lightning.pytorch.utilities import rank_zero_warn
 
             rank_zero_warn(
                 f"selu {self.subcommand} without --ckpt_path scores the weights as configured "
                 "(model.policy.model_name_or_path plus fresh adapters and value head), not a trained run: "
-                "pass --ckpt_path last or a checkpoint file"
+                "pass --ckpt_path last or a checkpoint file (or model.policy.init_from)"
             )
 
     before_validate = before_test = _evaluate_trained

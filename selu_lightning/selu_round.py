@@ -101,7 +101,9 @@ class RoundConfig:
     critic_overrides: list[str] = field(default_factory=list)
     """More ``selu fit`` options for each round's critic stage (e.g. ``["--model.lr=5e-4"]``; not the prior's)."""
     actor_overrides: list[str] = field(default_factory=list)
-    """More ``selu fit`` options for each round's actor stage (e.g. a smaller learning rate than the prior's)."""
+    """More ``selu fit`` options for each round's actor SFT stage (e.g. a smaller learning rate than the prior's)."""
+    ppo_overrides: list[str] = field(default_factory=list)
+    """More ``selu fit`` options for each round's PPO stage (``actor_update: ppo``)."""
     self_consistency: int = 5
     """Votes per question of the ``self_consistency`` baseline."""
     prior: PriorConfig | None = None
@@ -255,7 +257,7 @@ def _init(path: str | None) -> list[str]:
 
 def _env_kwargs(cfg: RoundConfig, extra: dict[str, Any] | None = None) -> list[str]:
     merged = {**cfg.env_kwargs, **(extra or {})}
-    return [f"--data.env_kwargs.{k}={json.dumps(v)}" for k, v in merged.items()]
+    return [f"--data.env_kwargs.{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in merged.items()]
 
 
 # ---------------------------------------------------------------------------------------------------- the loop
@@ -365,7 +367,7 @@ def run_rounds(cfg: RoundConfig) -> dict[str, Any]:
         if cfg.actor_update == "ppo":  # the critic's verdict is the reward; the env's is never learned from
             actor = Stage(out, f"{here}/actor").run(lambda d: {"checkpoint": run.fit(cfg.ppo, d, [
                 *_init(actor), f"--model.reward.init_args.critic.init_args.policy.init_from={critic}",
-                *_env_kwargs(cfg),
+                *_env_kwargs(cfg), *cfg.ppo_overrides,
             ])})["checkpoint"]  # fmt: skip
             actor_config = cfg.ppo
         else:

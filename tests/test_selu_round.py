@@ -187,3 +187,20 @@ def test_ai2thor_round_through_the_stub_player(tmp_path, monkeypatch):
     results = json.loads(Path(out, "selu/results.json").read_text())
     assert results["rounds"][0]["episodes"] == 4
     assert 0.0 <= results["rounds"][0]["actor_success"] <= 1.0
+
+
+@needs_virtualhome
+def test_the_ppo_route_rewards_the_actor_with_the_critic(tmp_path):
+    """``actor_update: ppo``: PPO from the base actor with the round's critic as its reward source, then scored
+    with the PPO config (its checkpoint has a value head the SFT config does not)."""
+    cfg = tiny_round(tmp_path, actor_update="ppo", ppo=str(ROOT / "configs/selu/ppo_virtualhome.yaml"),
+                     ppo_overrides=["--trainer.max_epochs=1", "--data.num_envs=4", "--data.steps_per_epoch=8",
+                                    "--data.val_episodes=4", "--data.eval_num_envs=4", "--model.minibatch_size=4"])
+    out = run_round(tmp_path, cfg)
+    results = json.loads(Path(out, "selu_ppo/results.json").read_text())
+    assert 0.0 <= results["rounds"][0]["actor_success"] <= 1.0
+    saved = torch.load(Path(out, "selu_ppo/round1/actor/final.ckpt"), map_location="cpu", weights_only=False)
+    assert any("value_head" in k for k in saved["state_dict"])  # PPO's, trained with the critic's reward
+    config = yaml.safe_load(Path(out, "selu_ppo/round1/actor/config.yaml").read_text())
+    critic = config["model"]["init_args"]["reward"]["init_args"]["critic"]["init_args"]["policy"]["init_from"]
+    assert critic == str(Path(out, "selu_ppo/round1/critic/final.ckpt"))
