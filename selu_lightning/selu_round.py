@@ -19,8 +19,9 @@ seeds of their own), and the base actor's and critic's scores.
 Each stage runs the project's own CLI (``selu fit`` / ``test`` / ``predict``) in this process, logs to TensorBoard
 under ``<out>`` (``tensorboard --logdir <out>``: one run per stage, plus ``<variant>/summary`` with every
 round's scores against the round), and writes ``stage.json`` when it ends. A rerun skips finished stages and
-restarts an unfinished one from its beginning; ``--rounds`` can grow between runs. Other settings cannot
-change on one output folder (``<out>/settings.json``; refused in one line).
+restarts an unfinished one from its beginning; ``--rounds`` can grow between runs. The settings the shared
+stages depend on cannot change on one output folder (``<out>/settings.json``), nor a run's own settings on its
+folder (``<out>/<name>/settings.json``): both refused in one line.
 """
 
 from __future__ import annotations
@@ -85,6 +86,9 @@ class RoundConfig:
     ppo: str | None = None
     """ActorPPO config for ``actor_update: ppo``: its ``model.reward`` is a ``CriticReward`` whose critic the round
     points at the round's critic checkpoint."""
+    name: str | None = None
+    """The run's folder under ``out`` (null: the variant's name, ``_ppo`` added under ``actor_update: ppo``): give
+    one to try other run settings (overrides, epochs) of a variant beside the first."""
     rounds: int = 1
     seed: int = 0
     """Seeds the models, the envs and the episodes' seed streams."""
@@ -168,32 +172,41 @@ def _brief(result: dict[str, Any]) -> str:
     return " ".join(f"{k}={v:.3f}" for k, v in shown.items())
 
 
-#: Settings a run may change between calls on one output folder (they pick or extend stages, not redo them).
-FREE_SETTINGS = ("variant", "rounds", "actor_update", "ppo")
+#: Settings the shared stages (priors, held-out episodes, base scores, round 1's episodes) depend on: fixed for an
+#: output folder. The others belong to one run (``name``) and are fixed for its folder ``<out>/<name>``;
+#: ``rounds`` may grow.
+SHARED_SETTINGS = ("actor", "critic", "seed", "env_kwargs", "episodes", "eval_episodes", "critic_eval_episodes",
+                   "prior", "actor_checkpoint", "critic_checkpoint", "accelerator")  # fmt: skip
 
 
-def check_settings(cfg: RoundConfig) -> None:
-    """The first call on an output folder records its settings (and its two configs' text) in
-    ``<out>/settings.json``; later calls must match, else finished stages would be reused for other settings."""
-    mine = {k: v for k, v in asdict(cfg).items() if k not in FREE_SETTINGS}
-    for key in ("actor", "critic"):
-        with open(getattr(cfg, key)) as f:
-            mine[f"{key}_config_text"] = f.read()
+def _check(path: str, mine: dict[str, Any], what: str) -> None:
+    """Record ``mine`` in ``path``, or check it against what a first call recorded there."""
     mine = json.loads(json.dumps(mine))
-    path = os.path.join(cfg.out, "settings.json")
     if os.path.isfile(path):
         with open(path) as f:
             recorded = json.load(f)
-        changed = sorted(k for k in set(recorded) | set(mine) if recorded.get(k) != mine.get(k))
+        changed = sorted(k for k in mine if recorded.get(k) != mine[k])
         if changed:
-            raise ConfigError(
-                f"{cfg.out} was made with other settings ({', '.join(changed)} differ): its finished stages do not "
-                "fit this call; give another --out (only variant, rounds, actor_update and ppo may change)"
-            )
+            raise ConfigError(f"{what} was made with other settings ({', '.join(changed)} differ): its finished stages "
+                              "do not fit this call; give another --out or --name")  # fmt: skip
         return
-    os.makedirs(cfg.out, exist_ok=True)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         json.dump(mine, f, indent=1)
+
+
+def check_settings(cfg: RoundConfig, name: str) -> None:
+    """The first call on an output folder records the shared settings (and the two configs' text) in
+    ``<out>/settings.json``, the first call of a run its own in ``<out>/<name>/settings.json``; later calls must
+    match, else finished stages would be reused for other settings."""
+    settings = asdict(cfg)
+    shared = {k: settings[k] for k in SHARED_SETTINGS}
+    for key in ("actor", "critic"):
+        with open(getattr(cfg, key)) as f:
+            shared[f"{key}_config_text"] = f.read()
+    _check(os.path.join(cfg.out, "settings.json"), shared, cfg.out)
+    own = {k: v for k, v in settings.items() if k not in (*SHARED_SETTINGS, "out", "rounds", "name")}
+    _check(os.path.join(cfg.out, name, "settings.json"), own, os.path.join(cfg.out, name))
 
 
 def stores_under(path: str) -> list[str]:
@@ -266,7 +279,8 @@ def run_rounds(cfg: RoundConfig) -> dict[str, Any]:
     from selu_lightning.data.collect import collect_expert_episodes, settings_from
     from selu_lightning.data.store import TrajectoryStore
 
-    check_settings(cfg)
+    tag = cfg.name or (cfg.variant if cfg.actor_update == "sft" else f"{cfg.variant}_ppo")
+    check_settings(cfg, tag)
     run = _Runner(cfg)
     out, seed = cfg.out, cfg.seed
     no_val = ["--trainer.limit_val_batches=0"]
@@ -332,7 +346,6 @@ def run_rounds(cfg: RoundConfig) -> dict[str, Any]:
 
     # -- the rounds
     v = cfg.variant
-    tag = v if cfg.actor_update == "sft" else f"{v}_ppo"
     critic_args = {"no_self_ask": ["--model.questions.style=direct"], "no_relabel": ["--model.labeling.hindsight=false"],
                    "self_consistency": [f"--model.self_consistency={cfg.self_consistency}"]}.get(v, [])  # fmt: skip
     actor_config = cfg.actor  # the config the current actor checkpoint loads into

@@ -111,11 +111,11 @@ def run_round(tmp_path: Path, cfg: dict, *extra: str) -> str:
 def test_a_virtualhome_round_runs_then_resumes_stage_by_stage(tmp_path, capsys):
     out = run_round(tmp_path, tiny_round(tmp_path))
     results = json.loads(Path(out, "selu/results.json").read_text())
-    assert set(results["base"]) == {"actor_success", "critic_accuracy"}
+    assert set(results["base"]) == {"actor_success", "critic_accuracy", "critic_f1", "critic_auroc", "critic_p_yes"}
     (scores,) = results["rounds"]
     assert 0.0 <= scores["critic_accuracy"] <= 1.0 and 0.0 <= scores["actor_success"] <= 1.0
     assert scores["episodes"] == 6 and "relabel_rate" in scores
-    for stage in ("prior/episodes", "prior/actor", "prior/critic", "base/critic_heldout", "round1/collect",
+    for stage in ("prior/critic_episodes", "prior/actor", "prior/critic", "base/critic_heldout", "round1/collect",
                   "selu/round1/critic", "selu/round1/label"):  # fmt: skip
         assert Path(out, stage, "stage.json").is_file(), stage
     assert list(Path(out, "selu/summary").glob("events.out.tfevents.*"))

@@ -116,7 +116,10 @@ def report(out: Path, seeds: list[int], docs: Path) -> str:
         lines += ["", f"Critic as PPO reward (beyond the paper; seeds {len(ppo)}): actor success {_cell(ppo)} "
                   f"against {_cell(values('selu', 'actor_success'))} by the SFT route and "
                   f"{_cell(values('base', 'actor_success'))} at the base."]  # fmt: skip
-    _picture(values, docs / "selu_virtualhome.png", _ppo_curves(out, used))
+    try:
+        _picture(values, docs / "selu_virtualhome.png", _ppo_curves(out, used))
+    except ImportError:  # matplotlib is optional (pip install matplotlib)
+        lines.append("\n(no picture: matplotlib is not installed)")
     return "\n".join(lines)
 
 

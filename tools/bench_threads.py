@@ -1,0 +1,64 @@
+"""Two training runs on one small machine: how much each slows the other, per thread setting.
+
+The same short ``selu fit`` (the quickstart, a few updates) runs alone, then two copies side by side, under each
+thread setting: the default (torch takes every core), ``OMP_NUM_THREADS=1``, and the default with
+``OMP_WAIT_POLICY=PASSIVE`` (OpenMP threads sleep instead of spinning while they wait). The figure is the slowdown
+of a job when two share the machine: wall time side by side / wall time alone.
+
+    python tools/bench_threads.py                 # table, then one JSON line
+    python tools/bench_threads.py --epochs 4      # longer runs, steadier ratios
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import tempfile
+import time
+
+SETTINGS = {
+    "default": {},
+    "OMP_NUM_THREADS=1": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+    "OMP_WAIT_POLICY=PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
+}
+
+
+def _command(out: str, epochs: int) -> list[str]:
+    return ["selu", "fit", "-c", "configs/quickstart.yaml", f"--trainer.max_epochs={epochs}",
+            "--trainer.check_val_every_n_epoch=1000", "--trainer.enable_progress_bar=false",
+            f"--trainer.logger.init_args.save_dir={out}", "--trainer.enable_checkpointing=false"]  # fmt: skip
+
+
+def _run(copies: int, extra_env: dict[str, str], epochs: int) -> float:
+    """Wall seconds of the slowest of ``copies`` runs started together."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")}
+    env |= extra_env | {"HF_HUB_OFFLINE": "1"}
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        jobs = [subprocess.Popen(_command(os.path.join(tmp, str(k)), epochs), env=env, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL) for k in range(copies)]  # fmt: skip
+        codes = [j.wait() for j in jobs]
+        seconds = time.perf_counter() - start
+    if any(codes):
+        raise SystemExit(f"a run failed ({codes}) under {extra_env}")
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=3, help="Updates per run (the quickstart's 64-step rollouts).")
+    args = parser.parse_args()
+    rows = {}
+    print(f"{'setting':<26} {'alone s':>8} {'two at once s':>14} {'slowdown':>9}")
+    for name, extra in SETTINGS.items():
+        alone = _run(1, extra, args.epochs)
+        both = _run(2, extra, args.epochs)
+        rows[name] = {"alone_s": round(alone, 1), "two_s": round(both, 1), "slowdown": round(both / alone, 2)}
+        print(f"{name:<26} {alone:>8.1f} {both:>14.1f} {both / alone:>9.2f}", flush=True)
+    print(json.dumps({"bench": "threads", "cores": os.cpu_count(), "epochs": args.epochs, "settings": rows}))
+
+
+if __name__ == "__main__":
+    main()
