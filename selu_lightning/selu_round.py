@@ -412,7 +412,7 @@ def _accepted(run: _Runner, cfg: RoundConfig, critic: str | None, critic_args: l
               stage_dir: str) -> tuple[dict[str, list[str]], dict[str, Any]]:  # fmt: skip
     """Episode id -> instructions the actor's SFT takes each episode under, and what the labeling did. Ground
     truth is read only by the ``oracle`` baseline; the critic sees ``judged_view``s."""
-    from selu_lightning.critic.data import accepted_instructions, build_critic_examples
+    from selu_lightning.critic.data import accepted_instructions
     from selu_lightning.rewards.base import judged_view
 
     if cfg.variant == "unfiltered":
@@ -422,10 +422,7 @@ def _accepted(run: _Runner, cfg: RoundConfig, critic: str | None, critic_args: l
         return ok, {"accepted": len(ok)}
     model = run.cli(None, cfg.critic, stage_dir, [*_init(critic), *critic_args]).model
     model.configure_model()
-    examples, stats = build_critic_examples(
-        [judged_view(t) for t in trajectories], model.structure, model.questions, model.templates,
-        judge=lambda qs: model.p_yes(qs).tolist(), ask=model.answer, labeling=model.labeling,
-    )  # fmt: skip
+    examples, stats = model.label([judged_view(t) for t in trajectories])
     kept = {k: float(x) for k, x in stats.as_metrics("").items()}
     return accepted_instructions(examples), kept
 

@@ -131,8 +131,8 @@ def _ppo_curves(out: Path, seeds: list[int]) -> list[list[tuple[int, float]]]:
     for seed in seeds:
         run = out / f"seed{seed}" / "selu_ppo" / "round1" / "actor"
         if run.is_dir():
-            points = read_scalars(str(run)).get("val/success_rate", [])
-            steps = read_scalars(str(run)).get("train/env_steps", [])
+            scalars = read_scalars(str(run))
+            points, steps = scalars.get("val/success_rate", []), scalars.get("train/env_steps", [])
             curves.append([(int(s), float(v)) for s, v in points] if not steps else _against(points, steps))
     return curves
 

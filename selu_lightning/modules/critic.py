@@ -253,18 +253,23 @@ class SELUCritic(VLMAgent):
         (a list of Trajectory, or a Rollout's finished ones), shuffled each epoch with a seeded generator."""
         trajectories: Sequence[Trajectory] = getattr(episodes, "trajectories", episodes)
         # Each rank labels its own share of the episodes (the labeling passes are the costly part).
-        examples, stats = build_critic_examples(
-            self._my_share(trajectories), self.structure, self.questions, self.templates,
+        return self._loader(*self.label(self._my_share(trajectories)))
+
+    def label(self, trajectories: Sequence[Trajectory]) -> tuple[list[CriticExample], CriticDataStats]:
+        """The critic's own labels for episodes, answered by the critic as it is now (self-asking, hindsight,
+        negatives: :func:`~selu_lightning.critic.data.build_critic_examples`), and their statistics."""
+        return build_critic_examples(
+            trajectories, self.structure, self.questions, self.templates,
             judge=lambda qs: self.p_yes(qs).tolist(), ask=self.answer, labeling=self.labeling,
         )  # fmt: skip
-        return self._loader(examples, stats)
 
     def build_scene_data(self, episodes: Sequence[Trajectory]) -> DataLoader:
         """The perception prior's examples (``data.labels: scene``): questions about single observations answered
         from the states their text lists (:mod:`selu_lightning.critic.prior`); no instruction, no success."""
         rng = np.random.default_rng(int(self.hparams.seed) * 1000003 + self._rank_world()[0])
-        examples = scene_examples(self._my_share(episodes), self.hparams.env, self.structure, self.templates, rng)
-        stats = CriticDataStats(episodes=len(self._my_share(episodes)))
+        mine = self._my_share(episodes)
+        examples = scene_examples(mine, self.hparams.env, self.structure, self.templates, rng)
+        stats = CriticDataStats(episodes=len(mine))
         for e in examples:
             stats.examples_per_verb[e.verb] += e.kind != "which"
         return self._loader(examples, stats)
