@@ -123,6 +123,21 @@ def test_bad_input_fails_in_one_line_before_weights_load(extra, message, capsys,
 CPU_OVERRIDES = ["--trainer.accelerator=cpu", "--model.policy.model_name_or_path=tiny:llava_next", "--model.policy.dtype=float32"]
 
 
+def test_a_critic_nested_in_the_reward_keeps_its_own_settings(monkeypatch, tmp_path):
+    """LightningCLI gives every LightningModule it builds the top-level model's config as hparams: the critic
+    inside ``model.reward`` must still read its own (it read the actor's, and judging failed mid-run)."""
+    from selu_lightning.cli import SeluCLI
+
+    monkeypatch.chdir(ROOT)
+    cli = SeluCLI(args=["-c", "configs/selu/ppo_virtualhome.yaml", *CPU_OVERRIDES,
+                        f"--trainer.logger.init_args.save_dir={tmp_path}"], run=False)  # fmt: skip
+    critic, actor = cli.model.reward.critic, cli.model
+    assert critic.hparams.env == "virtualhome" and critic.hparams.chunk_size == 32
+    assert critic.hparams.self_consistency == 0 and critic.hparams.with_image is False
+    assert "reward" not in critic.hparams and "clip" not in critic.hparams
+    assert actor.hparams.clip == 0.1 and actor.hparams["_class_path"] == "selu_lightning.modules.ActorPPO"
+
+
 @pytest.mark.parametrize("config", CONFIGS)
 def test_every_shipped_yaml_instantiates_its_classes(config, monkeypatch, tmp_path):
     """Invariant 10, beyond parsing: the module, the DataModule, the trainer and its callbacks are built, and

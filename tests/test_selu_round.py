@@ -192,9 +192,10 @@ def test_ai2thor_round_through_the_stub_player(tmp_path, monkeypatch):
 @needs_virtualhome
 def test_the_ppo_route_rewards_the_actor_with_the_critic(tmp_path):
     """``actor_update: ppo``: PPO from the base actor with the round's critic as its reward source, then scored
-    with the PPO config (its checkpoint has a value head the SFT config does not)."""
+    with the PPO config (its checkpoint has a value head the SFT config does not). 12 steps per env: every env
+    finishes an episode (at most 10 steps), so the critic judges."""
     cfg = tiny_round(tmp_path, actor_update="ppo", ppo=str(ROOT / "configs/selu/ppo_virtualhome.yaml"),
-                     ppo_overrides=["--trainer.max_epochs=1", "--data.num_envs=4", "--data.steps_per_epoch=8",
+                     ppo_overrides=["--trainer.max_epochs=1", "--data.num_envs=4", "--data.steps_per_epoch=48",
                                     "--data.val_episodes=4", "--data.eval_num_envs=4", "--model.minibatch_size=4"])
     out = run_round(tmp_path, cfg)
     results = json.loads(Path(out, "selu_ppo/results.json").read_text())

@@ -28,7 +28,7 @@ SETTINGS = {
 def _command(out: str, epochs: int) -> list[str]:
     return ["selu", "fit", "-c", "configs/quickstart.yaml", f"--trainer.max_epochs={epochs}",
             "--trainer.check_val_every_n_epoch=1000", "--trainer.enable_progress_bar=false",
-            f"--trainer.logger.init_args.save_dir={out}", "--trainer.enable_checkpointing=false"]  # fmt: skip
+            f"--trainer.logger.init_args.save_dir={out}"]  # checkpoints go under the run folder in ``out``
 
 
 def _run(copies: int, extra_env: dict[str, str], epochs: int) -> float:

@@ -142,7 +142,7 @@ class ActorPPO(VLMAgent):
         """
         policy = _critic_free(policy, algorithm)
         super().__init__(policy, action_space if action_space is not None else CandidateActionSpace())
-        self.save_hyperparameters(ignore=["policy", "action_space", "reward"])
+        self.save_own_hyperparameters(ignore=["policy", "action_space", "reward"])
         if kl_coef < 0:
             raise ConfigError(f"model.kl_coef must be >= 0 (got {kl_coef})")
         if (kl_coef > 0 or log_reference_kl) and not getattr(self.action_space, "supports_reference_kl", True):

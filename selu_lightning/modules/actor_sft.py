@@ -57,7 +57,7 @@ class ActorSFT(VLMAgent):
             seed: Seeds the order of examples (with the rank).
         """
         super().__init__(policy, action_space if action_space is not None else TextActionSpace())
-        self.save_hyperparameters(ignore=["policy", "action_space"])
+        self.save_own_hyperparameters(ignore=["policy", "action_space"])
         if minibatch_size < 1:
             raise ConfigError(f"model.minibatch_size must be >= 1 (got {minibatch_size})")
 

@@ -9,12 +9,15 @@ Subclasses take ``lr``, ``lr_min``, ``lr_schedule``, ``lr_schedule_updates``, ``
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import math
 from contextlib import contextmanager, nullcontext
 from typing import Any, Iterator, Sequence
 
 import lightning as L
 import numpy as np
+from lightning.pytorch.core.mixins import hparams_mixin
 import torch
 from torch import nn
 
@@ -55,6 +58,17 @@ def eval_mode(module: nn.Module, modules: Sequence[nn.Module] | None = None) -> 
             m.__dict__["training"] = mode
 
 
+def _class_of(class_path: str | None) -> type | None:
+    """The class a config's ``class_path`` names (None when it names none)."""
+    if not class_path or "." not in class_path:
+        return None
+    module, name = class_path.rsplit(".", 1)
+    try:
+        return getattr(importlib.import_module(module), name, None)
+    except ImportError:
+        return None
+
+
 class VLMAgent(L.LightningModule):
     def __init__(self, policy: PolicyConfig, action_space: ActionSpace) -> None:
         super().__init__()
@@ -64,6 +78,24 @@ class VLMAgent(L.LightningModule):
         self._all_modules: list[nn.Module] = []
         self._nonfinite_in_a_row = 0
         self._nonfinite_epoch = 0
+
+    def save_own_hyperparameters(self, ignore: Sequence[str]) -> None:
+        """``save_hyperparameters`` from the calling ``__init__``'s own arguments, also when this module is built
+        inside another module's config (a critic in ``model.reward``).
+
+        LightningCLI hands every LightningModule it instantiates the *top-level* model's config as its hparams
+        (its instantiator matches any LightningModule subclass): a nested critic would otherwise read the actor's
+        settings and miss its own."""
+        caller = inspect.currentframe().f_back  # type: ignore[union-attr]
+        given = hparams_mixin._given_hyperparameters.get()
+        if given is None or _class_of(given.get("_class_path")) is type(self):
+            self.save_hyperparameters(ignore=list(ignore), frame=caller)
+            return
+        token = hparams_mixin._given_hyperparameters.set(None)
+        try:
+            self.save_hyperparameters(ignore=list(ignore), frame=caller)
+        finally:
+            hparams_mixin._given_hyperparameters.reset(token)
 
     # ------------------------------------------------------------------ setup
     def check_env(self, env_cls: type) -> None:

@@ -113,7 +113,7 @@ class SELUCritic(VLMAgent):
             seed: Seeds the order of examples (with the rank).
         """
         super().__init__(policy, action_space=None)  # the critic judges; it never acts in an env
-        self.save_hyperparameters(ignore=["policy", "questions", "labeling"])
+        self.save_own_hyperparameters(ignore=["policy", "questions", "labeling"])
         if policy.value_head_widths is not None:
             raise ConfigError("SELUCritic has no value head: set model.policy.value_head_widths: null")
         if not (with_image or observation_text):

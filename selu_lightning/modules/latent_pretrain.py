@@ -119,7 +119,7 @@ class LatentActionPretrain(VLMAgent):
             seed: Seeds the example order and the text-only draws (with the rank).
         """
         super().__init__(policy, action_space if action_space is not None else TextActionSpace())
-        self.save_hyperparameters(ignore=["policy", "action_space"])
+        self.save_own_hyperparameters(ignore=["policy", "action_space"])
         if stage not in STAGE_COMPONENTS:
             raise ConfigError(f"model.stage must be one of {', '.join(STAGES)} (got {stage!r})")
         if minibatch_size < 1 or (stage in _TEXT_STAGES and minibatch_size < 2):
