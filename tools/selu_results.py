@@ -27,8 +27,16 @@ from selu_lightning.selu_round import VARIANTS
 
 RECIPE = "configs/selu/round_virtualhome.yaml"
 COLUMNS = ["base", *VARIANTS]
-#: Beyond the paper: SELU's critic as the actor's only PPO reward (``--actor_update ppo``), output ``selu_ppo``.
-PPO_ROUTE = ["--variant=selu", "--actor_update=ppo", "--ppo=configs/selu/ppo_virtualhome.yaml"]
+#: Runs beside the variants, by output name: SELU's critic as the actor's only PPO reward (beyond the paper), and
+#: the negatives ablation (the recipe's ``negatives: rejected`` is column ``selu``).
+RUNS = {
+    "selu_ppo": ["--variant=selu", "--actor_update=ppo", "--ppo=configs/selu/ppo_virtualhome.yaml"],
+    "neg_relabeled": ["--variant=selu", "--name=neg_relabeled",
+                      "--critic_overrides=[--model.labeling.negatives=relabeled]"],
+    "neg_none": ["--variant=selu", "--name=neg_none", "--critic_overrides=[--model.labeling.negatives=none]"],
+}
+#: The negatives ablation's columns: what becomes a "no" example in the critic's own data.
+NEGATIVES = {"selu": "rejected", "neg_relabeled": "relabeled", "neg_none": "none"}
 
 
 def run_seed(seed: int, variants: list[str], out: Path, threads: int, extra: list[str]) -> None:
@@ -39,7 +47,7 @@ def run_seed(seed: int, variants: list[str], out: Path, threads: int, extra: lis
     for variant in variants:
         if (folder / variant / "results.json").is_file():
             continue
-        choice = PPO_ROUTE if variant == "selu_ppo" else [f"--variant={variant}"]
+        choice = RUNS.get(variant, [f"--variant={variant}"])
         cmd = ["selu-round", "-c", RECIPE, f"--out={folder}", f"--seed={seed}", *choice, *extra]
         with open(folder / f"{variant}.log", "w") as log:
             code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -52,7 +60,7 @@ def collect(out: Path, seeds: list[int]) -> dict[int, dict[str, Any]]:
     """Per seed, per variant: its results.json (first round)."""
     found: dict[int, dict[str, Any]] = {}
     for seed in seeds:
-        for variant in (*VARIANTS, "selu_ppo"):
+        for variant in (*VARIANTS, *RUNS):
             path = out / f"seed{seed}" / variant / "results.json"
             if path.is_file():
                 found.setdefault(seed, {})[variant] = json.loads(path.read_text())
@@ -111,6 +119,12 @@ def report(out: Path, seeds: list[int], docs: Path) -> str:
             counts = [sum(int(per[v]["rounds"][0].get(f"positives_{verb}", 0)) for per in results.values() if v in per)
                       for verb in verbs]  # fmt: skip
             lines.append(f"| {v} | " + " | ".join(map(str, counts)) + " |")
+    if any(values(c, "critic_accuracy") for c in NEGATIVES if c != "selu"):
+        lines += ["", "Negatives of the critic's own data (`model.labeling.negatives`; column `selu` above is "
+                  "`rejected`):", "", "| | " + " | ".join(NEGATIVES.values()) + " |", "|---" * (len(NEGATIVES) + 1) + "|"]
+        for name, key in [*rows, ("actor SFT episodes", "actor_episodes")]:
+            scale = 1.0 if key == "actor_episodes" else 100.0
+            lines.append(f"| {name} | " + " | ".join(_cell(values(c, key), scale) for c in NEGATIVES) + " |")
     ppo = values("selu_ppo", "actor_success")
     if ppo:
         lines += ["", f"Critic as PPO reward (beyond the paper; seeds {len(ppo)}): actor success {_cell(ppo)} "
@@ -184,8 +198,9 @@ def _picture(values: Any, path: Path, ppo: list[list[tuple[int, float]]]) -> Non
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=[*VARIANTS, "selu_ppo"],
-                        help="selu_ppo: SELU's critic as the PPO actor's only reward (beyond the paper).")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=[*VARIANTS, *RUNS],
+                        help="selu_ppo: SELU's critic as the PPO actor's only reward (beyond the paper); "
+                             "neg_relabeled, neg_none: the critic's negatives ablation.")
     parser.add_argument("--out", type=Path, default=Path("results/selu"))
     parser.add_argument("--docs", type=Path, default=Path("docs"))
     parser.add_argument("--jobs", type=int, default=2, help="Seeds run at once (each on 2 / jobs threads).")
