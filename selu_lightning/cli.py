@@ -53,7 +53,10 @@ TRAINER_DEFAULTS = {
 
 
 class SeluCLI(LightningCLI):
-    def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+    def __init__(self, args: list[str] | None = None, run: bool = True, share_cores: bool = False) -> None:
+        """``share_cores``: set torch's CPU threads by :mod:`selu_lightning.threads` (the ``selu`` command does;
+        a program that builds the CLI keeps its own thread settings)."""
+        self.share_cores = share_cores
         super().__init__(
             L.LightningModule,
             L.LightningDataModule,
@@ -106,7 +109,16 @@ class SeluCLI(LightningCLI):
             isinstance(c, ProgressBar) for c in [*configured, *callbacks]
         ):
             callbacks = [*callbacks, RolloutProgressBar()]
-        return super()._instantiate_trainer(config, callbacks)
+        trainer = super()._instantiate_trainer(config, callbacks)
+        if self.share_cores:
+            from lightning.pytorch.utilities import rank_zero_info
+
+            from selu_lightning.threads import apply_thread_policy
+
+            message = apply_thread_policy(trainer.num_devices)  # one process per device on this node
+            if message:
+                rank_zero_info(f"selu: {message}")
+        return trainer
 
     def _prepare_checkpoints(self) -> None:
         """Each run's checkpoints live in its own run folder (``<save_dir>/<name>/version_N/checkpoints``), and
@@ -284,7 +296,7 @@ def main(args: list[str] | None = None) -> None:
     from selu_lightning.modules.actor_ppo import NonFiniteLossError
 
     try:
-        SeluCLI(args=args)
+        SeluCLI(args=args, share_cores=True)
     except (ConfigError, ArgumentError, ValueError) as err:
         cause = _config_error_in(err)
         if cause is None and not isinstance(err, ArgumentError):

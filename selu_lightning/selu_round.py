@@ -471,11 +471,16 @@ def parse_args(argv: list[str] | None = None) -> RoundConfig:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point (``selu-round``); a bad configuration exits with one line on stderr and status 2."""
     from selu_lightning.cli import _config_error_in, _one_line, quiet_noise
+    from selu_lightning.threads import apply_thread_policy
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     quiet_noise()
     try:
-        run_rounds(parse_args(argv))
+        cfg = parse_args(argv)
+        message = apply_thread_policy(1)  # every stage runs in this one process
+        if message:
+            print(f"selu-round: {message}", flush=True)
+        run_rounds(cfg)
     except Exception as err:  # noqa: BLE001 (configuration errors: one line; anything else: the traceback)
         cause = _config_error_in(err)
         if cause is None and type(err).__name__ != "ArgumentError":

@@ -1,12 +1,13 @@
 """Two training runs on one small machine: how much each slows the other, per thread setting.
 
 The same short ``selu fit`` (the quickstart, a few updates) runs alone, then two copies side by side, under each
-thread setting: the default (torch takes every core), ``OMP_NUM_THREADS=1``, and the default with
-``OMP_WAIT_POLICY=PASSIVE`` (OpenMP threads sleep instead of spinning while they wait). The figure is the slowdown
-of a job when two share the machine: wall time side by side / wall time alone.
+thread setting: torch's own default (an OpenMP thread on every core, ``OMP_NUM_THREADS`` = cores), the same with
+``OMP_WAIT_POLICY=PASSIVE`` (idle OpenMP threads sleep instead of spinning), and selu's default
+(:mod:`selu_lightning.threads`: this node's cores shared among its training processes, one left over). The figure
+is the slowdown of a job when two share the machine: wall time side by side / wall time alone.
 
     python tools/bench_threads.py                 # table, then one JSON line
-    python tools/bench_threads.py --epochs 4      # longer runs, steadier ratios
+    python tools/bench_threads.py --epochs 8      # longer runs, steadier ratios
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ import subprocess
 import tempfile
 import time
 
+from selu_lightning.threads import available_cores, threads_per_process
+
+CORES = available_cores()
 SETTINGS = {
-    "default": {},
-    "OMP_NUM_THREADS=1": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
-    "OMP_WAIT_POLICY=PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "torch default (every core)": {"OMP_NUM_THREADS": str(CORES)},
+    "every core, PASSIVE waits": {"OMP_NUM_THREADS": str(CORES), "OMP_WAIT_POLICY": "PASSIVE"},
+    f"selu default ({threads_per_process(CORES, 1)} thread)": {},
 }
 
 
@@ -48,16 +52,16 @@ def _run(copies: int, extra_env: dict[str, str], epochs: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=3, help="Updates per run (the quickstart's 64-step rollouts).")
+    parser.add_argument("--epochs", type=int, default=3, help="Rollout epochs per run (each: 256 env steps, then PPO).")
     args = parser.parse_args()
     rows = {}
-    print(f"{'setting':<26} {'alone s':>8} {'two at once s':>14} {'slowdown':>9}")
+    print(f"{'setting':<30} {'alone s':>8} {'two at once s':>14} {'slowdown':>9}")
     for name, extra in SETTINGS.items():
         alone = _run(1, extra, args.epochs)
         both = _run(2, extra, args.epochs)
         rows[name] = {"alone_s": round(alone, 1), "two_s": round(both, 1), "slowdown": round(both / alone, 2)}
-        print(f"{name:<26} {alone:>8.1f} {both:>14.1f} {both / alone:>9.2f}", flush=True)
-    print(json.dumps({"bench": "threads", "cores": os.cpu_count(), "epochs": args.epochs, "settings": rows}))
+        print(f"{name:<30} {alone:>8.1f} {both:>14.1f} {both / alone:>9.2f}", flush=True)
+    print(json.dumps({"bench": "threads", "cores": CORES, "epochs": args.epochs, "settings": rows}))
 
 
 if __name__ == "__main__":
