@@ -45,6 +45,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     # A household task for the group algorithms' table (candidate actions, as its SFT recipe sets); its SFT
     # recipe runs whole (12 epochs): it leaves room without stopping early.
     "virtualhome": {"episodes": 300, "noise": 0.1, "sft": [], "test": ["--data.test_episodes=200"]},
+    # A grid world (one mission kind, the bot's demonstrations); the SFT recipe run whole.
+    "babyai": {"episodes": 300, "noise": 0.1, "sft": [], "test": ["--data.test_episodes=200"]},
 }
 QUIET = ["--trainer.enable_progress_bar=false"]
 
