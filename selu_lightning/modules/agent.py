@@ -88,7 +88,8 @@ class VLMAgent(L.LightningModule):
         settings and miss its own."""
         caller = inspect.currentframe().f_back  # type: ignore[union-attr]
         given = hparams_mixin._given_hyperparameters.get()
-        if given is None or _class_of(given.get("_class_path")) is type(self):
+        owner = _class_of(given.get("_class_path")) if given is not None else None
+        if owner is None or owner is type(self):  # not nested (or the config's class cannot be told: as Lightning)
             self.save_hyperparameters(ignore=list(ignore), frame=caller)
             return
         token = hparams_mixin._given_hyperparameters.set(None)
