@@ -162,3 +162,61 @@ def test_a_kl_reference_is_refused_for_latent_codes():
     for kwargs in ({"kl_coef": 0.1}, {"log_reference_kl": True}):
         with pytest.raises(ConfigError, match="no KL reference"):
             ActorPPO(policy, LatentActionSpace(), **kwargs)
+
+
+def test_the_code_policy_ignores_left_padding_in_one_pass_and_step_by_step():
+    """``key_mask`` hides padding: a left-padded row gets the code logits it gets alone, in one pass and when
+    continued from the cache; queries on padding see themselves only (no NaN)."""
+    from selu_lightning.latent.layers import CodeStack, padded_causal_mask
+
+    torch.manual_seed(0)
+    stack = CodeStack(16, 8, layers=2, heads=2, ffn_size=32, eps=1e-6)
+    short, long = torch.randn(1, 3, 16), torch.randn(1, 5, 16)
+    batch = torch.cat([torch.cat([torch.randn(1, 2, 16), short], dim=1), long])  # row 0: 2 pads, then 3 real
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    assert padded_causal_mask(mask, 5)[0, 0].tolist() == [True, False, False, False, False]  # a pad sees itself
+    assert padded_causal_mask(mask, 5)[0, 4].tolist() == [False, False, True, True, True]
+    out = stack(batch, key_mask=mask)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[0, 2:], stack(short)[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[1], stack(long)[0], atol=1e-5, rtol=1e-5)
+    cache: list = []
+    stack(batch, cache=cache, key_mask=mask)
+    step = torch.randn(2, 1, 16)
+    grown = torch.cat([mask, torch.ones(2, 1, dtype=torch.bool)], dim=1)
+    continued = stack(step, cache=cache, key_mask=grown)[:, -1]
+    torch.testing.assert_close(continued[0], stack(torch.cat([short, step[:1]], dim=1))[0, -1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(continued[1], stack(torch.cat([long, step[1:]], dim=1))[0, -1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("model", ["tiny:llava", "tiny:llava_next", "tiny:idefics3"])
+def test_a_decoded_batch_gives_each_row_what_it_gets_alone(model, tmp_path, monkeypatch):
+    """Batched decoding (left padding, counted position ids, padding hidden from the code policy): at every step
+    each row's code logits are those it gets decoded alone, and so are its greedy codes and tokens, for prompts
+    of different lengths."""
+    policy = dataclasses.replace(POLICY, model_name_or_path=model)
+    agent = module(str(latent_checkpoint(tmp_path / "latent.ckpt", policy)), policy=policy, max_new_tokens=6)
+    agent.configure_model()
+    code_policy, seen = agent.action_space.latent.policy, []
+    forward = code_policy.forward
+
+    def spy(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        seen.append(out[:, -1])
+        return out
+
+    monkeypatch.setattr(code_policy, "forward", spy)
+    pool = EnvPool("blackjack", 6, seed=2)  # hands of different sizes: prompts of different lengths
+    pool.reset()
+    batched = agent.decide(pool.states, pool.task_description, greedy=True, rng=np.random.default_rng(0))
+    steps = torch.stack(seen)  # [steps, rows, K]
+    prompts = [d.sample["prompt"] for d in batched]
+    assert len({int(p["input_ids"].numel()) for p in prompts}) > 1  # padding is exercised
+    for row, (d, prompt) in enumerate(zip(batched, prompts)):
+        seen.clear()
+        [(tokens, codes)] = agent.action_space.decode(agent.policy, [prompt], greedy=True)
+        assert torch.equal(tokens, d.sample["response"]) and torch.equal(codes, d.sample["codes"])
+        alone = torch.cat(seen)  # [steps, K]
+        torch.testing.assert_close(steps[: len(alone), row], alone, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ConfigError, match="decode_batch_size"):
+        LatentActionSpace(decode_batch_size=0)

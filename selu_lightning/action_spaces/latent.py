@@ -12,8 +12,10 @@ init_args: {latent_checkpoint: <LatentActionPretrain policy_bc run>/checkpoints/
 
 Differences from the reference (MMLatentAction): the world model decodes with the form it was trained with in
 every stage (``lm_head(norm(merged) - h)``; see ``latent/world.py``); rows decode one at a time with the
-backbone's KV cache (no padding, so every architecture's own position ids apply); log-probs are over all K
-codes at ``temperature`` while sampling is top-k (``top_k: 0`` samples from exactly the scored distribution).
+backbone's KV cache, ``decode_batch_size`` rows together (left-padded, with explicit position ids as ``generate``
+gives them; the code policy's attention hides the padding), one row at a time for backbones with multimodal
+rotary positions (Qwen2-VL family); log-probs are over all K codes at ``temperature`` while sampling is top-k
+(``top_k: 0`` samples from exactly the scored distribution).
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class LatentActionSpace(TextActionSpace):
         parse_failure: Literal["random_action", "mask_from_loss"] = "random_action",
         action_parsing: Literal["rl4vlm", "strict"] = "rl4vlm",
         train_final_norm: bool = True,
+        decode_batch_size: int = 16,
     ) -> None:
         """
         Args:
@@ -82,6 +85,9 @@ class LatentActionSpace(TextActionSpace):
             action_parsing: How the action is read from the decoded text (as ``TextActionSpace``'s).
             train_final_norm: Train the VLM's final norm with the code policy (the reference does); the rest of
                 the VLM, LoRA adapters included, is frozen.
+            decode_batch_size: Responses decoded together (one backbone step per token for the whole batch);
+                1: one at a time, no padding. Backbones with multimodal rotary positions always decode one at a
+                time.
         """
         super().__init__(
             temperature=temperature, max_new_tokens=max_new_tokens, cot_weight=cot_weight, template=template,
@@ -92,6 +98,9 @@ class LatentActionSpace(TextActionSpace):
             raise ConfigError(f"model.action_space.init_args.latent_checkpoint {latent_checkpoint!r} is not a file")
         if top_k < 0:
             raise ConfigError(f"model.action_space.init_args.top_k must be >= 0 (got {top_k})")
+        if decode_batch_size < 1:
+            raise ConfigError(f"model.action_space.init_args.decode_batch_size must be >= 1 (got {decode_batch_size})")
+        self.decode_batch_size = decode_batch_size
         self.latent_checkpoint = latent_checkpoint
         self.top_k = top_k
         self.train_final_norm = train_final_norm
@@ -146,27 +155,46 @@ class LatentActionSpace(TextActionSpace):
     ) -> list[Decision]:
         # The rollout's own generator seeds code sampling: a resumed run samples what an uninterrupted one would.
         generator = torch.Generator(device=policy.device).manual_seed(int(rng.integers(2**63 - 1)))
-        decoded = [self.decode(policy, p, greedy=greedy, generator=generator) for p in prompts]
+        size = self.decode_batch_size if not _multimodal_rope(policy.hf_model) else 1
+        decoded = [row for i in range(0, len(prompts), size)
+                   for row in self.decode(policy, prompts[i : i + size], greedy=greedy, generator=generator)]  # fmt: skip
         responses = [tokens for tokens, _ in decoded]
         return self.decisions(policy, prompts, responses, legal_actions, rng, extras=[{"codes": c} for _, c in decoded])
 
     def decode(
-        self, policy: VLMPolicy, prompt: PromptSample, *, greedy: bool, generator: torch.Generator | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One response: per step a code (argmax when ``greedy``, else top-k sampled), then the world model's
-        most likely token given it; stops after EOS. Returns (token ids, codes), both on the CPU."""
+        self,
+        policy: VLMPolicy,
+        prompts: Sequence[PromptSample],
+        *,
+        greedy: bool,
+        generator: torch.Generator | None = None,
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Responses to ``prompts``, decoded together: per step a code per row (argmax when ``greedy``, else
+        top-k sampled), then the world model's most likely token given it; a row stops after its EOS. Returns
+        per row (token ids, codes), both on the CPU.
+
+        Rows are left-padded; position ids count each row's real tokens (as ``generate`` sets them), and the code
+        policy's attention hides the padding, so a row decodes as it would alone up to float rounding. A batch of
+        one passes no position ids (the backbone's own, e.g. multimodal rotary ones)."""
         latent, hf = self._latent(), policy.hf_model
         backbone, norm, head = policy._backbone(hf), vlm_norm(hf), vlm_lm_head(hf)
-        inputs = policy.prompt_inputs([prompt])
-        out = backbone(**inputs, use_cache=True)
-        cache, length = _cache_of(out), int(inputs["input_ids"].shape[1])
+        inputs = policy.prompt_inputs(prompts)
+        mask = inputs["attention_mask"]
+        batched = len(prompts) > 1
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0) if batched else None
+        extra = {"position_ids": positions} if batched else {}
+        out = backbone(**inputs, use_cache=True, **extra)
+        cache = _cache_of(out)
         x = self._states(out.last_hidden_state)
         policy_cache: list = []
-        logits = latent.policy(x, cache=policy_cache)[:, -1]
+        key_mask = mask.bool() if batched else None
+        logits = latent.policy(x, cache=policy_cache, key_mask=key_mask)[:, -1]
         banned = sorted(policy.suppress_token_ids)
         eos = sorted(policy.eos_token_ids)
-        tokens: list[int] = []
-        codes: list[int] = []
+        rows = len(prompts)
+        tokens: list[list[int]] = [[] for _ in range(rows)]
+        codes: list[list[int]] = [[] for _ in range(rows)]
+        running = [True] * rows
         for step in range(self.max_new_tokens):
             code = logits.argmax(-1) if greedy else sample_codes(logits, self.temperature, self.top_k, generator)
             token_logits = world_logits(latent.world.merge(x[:, -1], latent.codebook.embed(code)), x[:, -1], norm, head)
@@ -174,19 +202,26 @@ class LatentActionSpace(TextActionSpace):
                 token_logits[:, banned] = float("-inf")
             if step < self.min_new_tokens and eos:
                 token_logits[:, eos] = float("-inf")
-            token = int(token_logits.argmax(-1))
-            tokens.append(token)
-            codes.append(int(code))
-            if token in policy.eos_token_ids or step + 1 == self.max_new_tokens:
+            token = token_logits.argmax(-1)
+            for i, (t, c) in enumerate(zip(token.tolist(), code.tolist())):
+                if running[i]:
+                    tokens[i].append(t)
+                    codes[i].append(c)
+                    running[i] = t not in policy.eos_token_ids
+            if not any(running) or step + 1 == self.max_new_tokens:
                 break
-            length += 1
-            ids = torch.tensor([[token]], device=policy.device)
-            mask = torch.ones(1, length, dtype=inputs["attention_mask"].dtype, device=policy.device)
-            out = backbone(input_ids=ids, attention_mask=mask, use_cache=True, **{_cache_arg(backbone): cache})
+            # Finished rows keep stepping (their tokens are no longer kept) so the batch stays rectangular.
+            mask = torch.cat([mask, mask.new_ones(rows, 1)], dim=1)
+            if batched:
+                positions = positions[:, -1:] + 1
+                extra = {"position_ids": positions}
+                key_mask = mask.bool()
+            out = backbone(input_ids=token[:, None].to(policy.device), attention_mask=mask, use_cache=True,
+                           **{_cache_arg(backbone): cache}, **extra)  # fmt: skip
             cache = _cache_of(out)
             x = self._states(out.last_hidden_state)
-            logits = latent.policy(x, cache=policy_cache)[:, -1]
-        return torch.tensor(tokens, dtype=torch.long), torch.tensor(codes, dtype=torch.long)
+            logits = latent.policy(x, cache=policy_cache, key_mask=key_mask)[:, -1]
+        return [(torch.tensor(t, dtype=torch.long), torch.tensor(c, dtype=torch.long)) for t, c in zip(tokens, codes)]
 
     # ------------------------------------------------------------------ update
     def evaluate(self, policy: VLMPolicy, samples: Sequence[dict[str, Any]], *, with_entropy: bool) -> Evaluation:
@@ -206,6 +241,17 @@ class LatentActionSpace(TextActionSpace):
         values = policy.values(out) if policy.value_head is not None else None
         mask = torch.tensor([float(s.get("trainable", True)) for s in samples], device=logprobs.device)
         return Evaluation(logprobs, values, entropy, token_logprobs=token_logprobs, loss_mask=mask)
+
+
+def _multimodal_rope(hf: torch.nn.Module) -> bool:
+    """Whether the backbone places tokens by multimodal rotary positions (Qwen2-VL family: ``mrope_section``),
+    which 2-D position ids would break."""
+    config = getattr(hf.config, "text_config", None) or hf.config
+    for key in ("rope_scaling", "rope_parameters"):
+        rope = getattr(config, key, None) or getattr(hf.config, key, None)
+        if isinstance(rope, dict) and "mrope_section" in rope:
+            return True
+    return False
 
 
 def _cache_arg(backbone: torch.nn.Module) -> str:
