@@ -151,17 +151,27 @@ def test_grpo_acts_on_codes_unchanged(ckpt, tmp_path):
     assert rec.stats and rec.stats[0]["ratio_max_abs_log"] < 1e-4
 
 
-def test_a_kl_reference_is_refused_for_latent_codes():
-    """The reference swaps the VLM, not the code policy: a KL to it would measure nothing, so it is refused."""
-    from selu_lightning.action_spaces import LatentActionSpace
-    from selu_lightning.errors import ConfigError
-    from selu_lightning.modules import ActorPPO
-    from selu_lightning.policy.vlm import PolicyConfig
-
-    policy = PolicyConfig("tiny:llava", lora=None, value_head_widths=[16])
-    for kwargs in ({"kl_coef": 0.1}, {"log_reference_kl": True}):
-        with pytest.raises(ConfigError, match="no KL reference"):
-            ActorPPO(policy, LatentActionSpace(), **kwargs)
+def test_the_kl_reference_of_codes_is_the_code_policy_as_attached(ckpt, tmp_path):
+    """``kl_coef`` with latent actions: the reference is the code policy and final norm from the latent
+    checkpoint (no copy of the frozen VLM), in no optimizer and no checkpoint. The KL is 0 on the first
+    minibatch and grows as the code policy moves; the reference does not move."""
+    agent = ActorPPO(POLICY, LatentActionSpace(ckpt, max_new_tokens=12, top_k=4), minibatch_size=4, ppo_epochs=4,
+                     lr=1e-2, kl_coef=0.1)  # fmt: skip
+    agent.configure_model()
+    assert not agent.policy._reference  # the VLM is frozen: nothing of it is copied
+    code_ref, norm_ref = agent.action_space._reference
+    kept = {n: p.detach().clone() for n, p in [*code_ref.named_parameters(), *norm_ref.named_parameters()]}
+    rec = LossRecorder(agent)
+    trainer = cpu_trainer(tmp_path)
+    trainer.fit(agent, tiny_data())
+    assert abs(rec.stats[0]["kl_to_ref"]) < 1e-6 and rec.stats[-1]["kl_to_ref"] > 1e-6
+    assert all(torch.equal(p, kept[n]) for n, p in [*code_ref.named_parameters(), *norm_ref.named_parameters()])
+    in_optimizer = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+    assert not any(id(p) in in_optimizer for p in [*code_ref.parameters(), *norm_ref.parameters()])
+    assert not any(k.startswith("_reference") or "._reference" in k for k in agent.state_dict())
+    with agent.action_space.reference(agent.policy):  # swapped in, and back afterwards
+        assert agent.action_space.latent.policy is code_ref and vlm_norm(agent.policy.hf_model) is norm_ref
+    assert agent.action_space.latent.policy is not code_ref and vlm_norm(agent.policy.hf_model) is not norm_ref
 
 
 def test_the_code_policy_ignores_left_padding_in_one_pass_and_step_by_step():

@@ -11,6 +11,7 @@ is a config change: ``model.action_space: {class_path: selu_lightning.action_spa
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
@@ -114,6 +115,15 @@ class ActionSpace(nn.Module, ABC):
     def attach(self, policy: VLMPolicy) -> None:
         """Called once the policy's weights have loaded (``configure_model``), before the optimizer is built:
         a learned space builds its modules here and says which weights train. Text spaces need nothing."""
+
+    def keep_reference(self, policy: VLMPolicy) -> None:
+        """Keep what :meth:`reference` scores with (after :meth:`attach`): for text actions the policy's
+        reference (LoRA off, or a frozen copy of the VLM). A learned space keeps its own trained parts."""
+        policy.keep_reference()
+
+    def reference(self, policy: VLMPolicy) -> AbstractContextManager[None]:
+        """Inside it, :meth:`evaluate` scores with the frozen reference (the KL term of ``ActorPPO``)."""
+        return policy.reference()
 
     @abstractmethod
     def act(

@@ -21,7 +21,8 @@ rotary positions (Qwen2-VL family); log-probs are over all K codes at ``temperat
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import numpy as np
@@ -48,10 +49,6 @@ LATENT_CONFIG_KEY = "selu_latent_config"
 
 
 class LatentActionSpace(TextActionSpace):
-    #: ActorPPO's KL reference swaps the VLM's weights, not the code policy's, so it would measure nothing
-    #: meaningful here: ``kl_coef`` / ``log_reference_kl`` are refused until the code policy has a reference.
-    supports_reference_kl = False
-
     def __init__(
         self,
         latent_checkpoint: str | None = None,
@@ -105,6 +102,7 @@ class LatentActionSpace(TextActionSpace):
         self.top_k = top_k
         self.train_final_norm = train_final_norm
         self.latent: LatentActionModel | None = None
+        self._reference: list[torch.nn.Module] = []  # a list hides them from nn.Module: not submodules
 
     # ------------------------------------------------------------------ setup
     def attach(self, policy: VLMPolicy) -> None:
@@ -132,6 +130,38 @@ class LatentActionSpace(TextActionSpace):
         policy.model.requires_grad_(False)
         vlm_norm(hf).requires_grad_(self.train_final_norm)
         self.latent = latent
+
+    def keep_reference(self, policy: VLMPolicy) -> None:
+        """The KL reference is what trains here, frozen as attached: the code policy and the VLM's final norm
+        (the rest of the VLM is frozen anyway, so no copy of it is made). Not submodules: in no optimizer and no
+        checkpoint; a resumed run rebuilds them from ``latent_checkpoint`` the same way."""
+        if self._reference:
+            return
+        import copy
+
+        latent, norm = self._latent(), vlm_norm(policy.hf_model)
+        self._reference = [copy.deepcopy(m).requires_grad_(False).eval() for m in (latent.policy, norm)]
+
+    @contextmanager
+    def reference(self, policy: VLMPolicy) -> Iterator[None]:
+        """The frozen code policy and final norm swapped in for the duration (modules, not weights: the live
+        ones stay in the autograd graph of the current update)."""
+        if not self._reference:
+            raise RuntimeError("no latent reference kept: ActorPPO.configure_model calls keep_reference()")
+        latent, norm = self._latent(), vlm_norm(policy.hf_model)
+        parent, name = _parent_of(policy.hf_model, norm)
+        code_ref, norm_ref = self._reference
+        live = next(latent.policy.parameters())
+        for kept in (code_ref, norm_ref):
+            kept.to(device=live.device)
+        norm_ref.to(dtype=next(norm.parameters()).dtype)
+        code_ref.to(dtype=live.dtype)
+        current = latent.policy
+        latent._modules["policy"], parent._modules[name] = code_ref, norm_ref
+        try:
+            yield
+        finally:
+            latent._modules["policy"], parent._modules[name] = current, norm
 
     def _latent(self) -> LatentActionModel:
         if self.latent is None:
@@ -241,6 +271,15 @@ class LatentActionSpace(TextActionSpace):
         values = policy.values(out) if policy.value_head is not None else None
         mask = torch.tensor([float(s.get("trainable", True)) for s in samples], device=logprobs.device)
         return Evaluation(logprobs, values, entropy, token_logprobs=token_logprobs, loss_mask=mask)
+
+
+def _parent_of(root: torch.nn.Module, child: torch.nn.Module) -> tuple[torch.nn.Module, str]:
+    """The module holding ``child`` and its attribute name (to swap it for another module)."""
+    for module in root.modules():
+        for name, sub in module._modules.items():
+            if sub is child:
+                return module, name
+    raise ValueError(f"{type(child).__name__} is not inside {type(root).__name__}")
 
 
 def _multimodal_rope(hf: torch.nn.Module) -> bool:

@@ -122,7 +122,8 @@ class ActorPPO(VLMAgent):
             entropy_coef: Weight of the entropy bonus (0: none, as RL4VLM).
             kl_coef: Weight of the per-token k3 KL to the frozen reference: the base model with LoRA switched
                 off, or under full fine-tuning a frozen copy of the starting weights (the SFT model with
-                ``policy.init_from``; twice the policy's memory).
+                ``policy.init_from``; twice the policy's memory); with latent actions, the code policy and final
+                norm as the latent checkpoint gave them (the action space's ``reference``).
             log_reference_kl: Log ``train/kl_to_ref`` (the same k3 estimate) even when ``kl_coef`` is 0: one
                 more forward pass per minibatch, no effect on the update.
             lr: Peak learning rate (AdamW).
@@ -145,11 +146,6 @@ class ActorPPO(VLMAgent):
         self.save_own_hyperparameters(ignore=["policy", "action_space", "reward"])
         if kl_coef < 0:
             raise ConfigError(f"model.kl_coef must be >= 0 (got {kl_coef})")
-        if (kl_coef > 0 or log_reference_kl) and not getattr(self.action_space, "supports_reference_kl", True):
-            raise ConfigError(
-                f"{type(self.action_space).__name__} has no KL reference yet: set model.kl_coef=0 and "
-                "model.log_reference_kl=false"
-            )
         if algorithm == "ppo" and policy.value_head_widths is None:
             raise ConfigError("PPO needs a value head: set model.policy.value_head_widths (e.g. [1024, 512])")
         self.clip = float(clip if clip is not None else DEFAULT_CLIP[algorithm])
@@ -174,7 +170,7 @@ class ActorPPO(VLMAgent):
                     "a KL reference under full fine-tuning is an unsharded copy of the model, which FSDP cannot "
                     "hold: use LoRA (model.policy.lora), or model.kl_coef=0 and model.log_reference_kl=false"
                 )
-            self.policy.keep_reference()
+            self.action_space.keep_reference(self.policy)
 
     def check_group_size(self, group_size: int) -> None:
         """Called by the runner before weights load: the group estimators compare episodes from one start."""
@@ -336,7 +332,7 @@ class ActorPPO(VLMAgent):
             losses["loss_entropy"] = -hp.entropy_coef * entropy
             stats["entropy"] = entropy.detach()
         if hp.kl_coef > 0 or hp.log_reference_kl:
-            with torch.no_grad(), self.policy.reference(), eval_mode(self, self._submodules()):
+            with torch.no_grad(), self.action_space.reference(self.policy), eval_mode(self, self._submodules()):
                 ref = self.action_space.evaluate(self.policy, batch["samples"], with_entropy=False)
             if ev.token_logprobs is not None and ref.token_logprobs is not None:
                 per_token = None
