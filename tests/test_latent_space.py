@@ -66,6 +66,8 @@ def test_acting_stores_one_code_per_token_and_greedy_decoding_repeats(ckpt):
 def test_only_the_code_policy_final_norm_and_value_head_train_and_the_first_ratio_is_1(ckpt, tmp_path):
     agent = module(ckpt)
     agent.configure_model()
+    latent = agent.action_space.latent
+    assert not hasattr(latent, "idm") and not hasattr(latent, "projector")  # never run in RL: freed
     trainable = {n for n, p in agent.named_parameters() if p.requires_grad}
     norm = {f"policy.model.{n}" for n, _ in agent.policy.hf_model.named_parameters()
             if n.startswith("model.language_model.norm")}  # fmt: skip
@@ -92,6 +94,7 @@ def test_text_only_prompts_act_through_the_projector(ckpt):
     assert all("pixel_values" not in d.sample["prompt"] for d in decisions)
     out = agent.policy.backbone([decisions[0].sample["prompt"]], [decisions[0].sample["response"]])
     latent = agent.action_space.latent
+    assert not hasattr(latent, "idm") and hasattr(latent, "projector")  # text-only prompts read the projector
     projected = latent.policy(latent.to_text_space(out.hidden))
     raw = latent.policy(out.hidden)
     assert not torch.allclose(projected, raw)  # the policy read the projected states, not h

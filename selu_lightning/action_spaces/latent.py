@@ -125,6 +125,7 @@ class LatentActionSpace(TextActionSpace):
         hf = policy.hf_model
         latent = LatentActionModel.for_backbone(LatentConfig(**checkpoint[LATENT_CONFIG_KEY]), hf)
         load_latent_weights(latent, checkpoint, path)
+        latent.drop_unused_in_rl(text_only=not self.with_image)
         latent.train_only(("policy",))
         latent.to(policy.device)
         policy.model.requires_grad_(False)

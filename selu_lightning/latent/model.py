@@ -109,8 +109,16 @@ class LatentActionModel(nn.Module):
         unknown = set(components) - {"idm", "codebook", "world", "policy", "projector"}
         if unknown:
             raise ValueError(f"unknown latent components {sorted(unknown)}")
-        for name, module in self.named_children():
+        for name, module in self.named_children():  # after drop_unused_in_rl, only what is left
             module.requires_grad_(name in components)
+
+    def drop_unused_in_rl(self, text_only: bool) -> None:
+        """Free what acting and scoring codes never run: the IDM, and the projector unless text-only prompts are
+        mapped through it. With a 7B backbone each IDM layer is a full-width transformer block (about 0.24 B
+        parameters at Mistral-7B's sizes), held on every rank for nothing."""
+        del self.idm
+        if not text_only:
+            del self.projector
 
     def to_text_space(self, h: torch.Tensor) -> torch.Tensor:
         """Text-only hidden states as the image-text space's: the text -> image-text mean (no gradient into
