@@ -233,3 +233,18 @@ def test_a_decoded_batch_gives_each_row_what_it_gets_alone(model, tmp_path, monk
         torch.testing.assert_close(steps[: len(alone), row], alone, atol=1e-4, rtol=1e-4)
     with pytest.raises(ConfigError, match="decode_batch_size"):
         LatentActionSpace(decode_batch_size=0)
+
+
+@pytest.mark.parametrize(("token", "latent"), [("configs/rl4vlm_cpu/ppo_numberline.yaml", "configs/latent/ppo_numberline.yaml"),
+                                               ("configs/group/grpo_numberline.yaml", "configs/latent/grpo_numberline.yaml")])  # fmt: skip
+def test_the_latent_recipes_are_the_token_recipes_with_the_action_space_swapped(token, latent):
+    """The token-vs-latent table compares like with like: same env steps, updates and settings, only
+    ``model.action_space`` (and the run's name) differ."""
+    import yaml
+
+    a, b = (yaml.safe_load((ROOT / path).read_text()) for path in (token, latent))
+    for cfg in (a, b):
+        del cfg["model"]["init_args"]["action_space"], cfg["trainer"]["logger"]["init_args"]["name"]
+    assert a == b
+    assert yaml.safe_load((ROOT / latent).read_text())["model"]["init_args"]["action_space"]["class_path"].endswith(
+        "LatentActionSpace")

@@ -6,7 +6,9 @@ actions from the SFT checkpoint, and held-out tests of both checkpoints; then a 
     python tools/rl4vlm_cpu_results.py --envs numberline --algorithms ppo grpo gigpo --out results/rl4vlm_cpu
 
 ``--algorithms`` runs more RL stages from the same SFT checkpoint: ``ppo`` with ``configs/rl4vlm_cpu/ppo_<env>.yaml``,
-``grpo`` / ``dr_grpo`` / ``gigpo`` with ``configs/group/<algorithm>_<env>.yaml`` (same env steps as the PPO recipe);
+``grpo`` / ``dr_grpo`` / ``gigpo`` with ``configs/group/<algorithm>_<env>.yaml`` (same env steps as the PPO recipe),
+``latent_ppo`` / ``latent_grpo`` over latent codes (``configs/latent/``: the PPO and GRPO recipes with the action space
+swapped, after the latent space's four pretraining stages on the seed's demonstrations);
 the report then adds a table of the algorithms side by side and a picture of their held-out curves.
 
 Every stage is the README's own command (``python -m selu_lightning.data.collect``, ``selu fit``,
@@ -73,11 +75,34 @@ def test_scores(save_dir: Path) -> dict[str, float]:
     return {k.split("/", 1)[1]: v[-1][1] for k, v in scalars.items() if k.startswith("test/")}
 
 
+#: RL over latent codes (``latent_ppo``, ``latent_grpo``): the token recipe with ``model.action_space`` swapped
+#: (``configs/latent/<algorithm>_<env>.yaml``), on a latent space built from the seed's demonstrations and SFT
+#: checkpoint by these stages in order (``configs/latent/<stage>_<env>.yaml``), shared by both.
+LATENT_ALGORITHMS = ("latent_ppo", "latent_grpo")
+LATENT_STAGES = ("idm_warmup", "projector_init", "joint", "policy_bc")
+
+
 def rl_config(algorithm: str, env: str) -> Path:
     """The RL stage's recipe: the PPO recipe, or the group algorithm's recipe for the same env steps."""
     if algorithm == "ppo":
         return Path("configs/rl4vlm_cpu") / f"ppo_{env}.yaml"
+    if algorithm in LATENT_ALGORITHMS:
+        return Path("configs/latent") / f"{algorithm.removeprefix('latent_')}_{env}.yaml"
     return Path("configs/group") / f"{algorithm}_{env}.yaml"
+
+
+def latent_space(stages: Stages, work: Path, env: str, demos: Path, sft_last: Path, seeds: list[str]) -> Path:
+    """The latent space on the SFT checkpoint, stage after stage; returns the last stage's checkpoint."""
+    previous: Path | None = None
+    for stage in LATENT_STAGES:
+        out = work / f"latent_{stage}"
+        start = [f"--model.latent_init={previous}"] if previous else []
+        stages.run(f"latent_{stage}", ["selu", "fit", "-c", f"configs/latent/{stage}_{env}.yaml",
+                                       f"--data.demonstrations={demos}", f"--model.policy.init_from={sft_last}",
+                                       f"--trainer.logger.init_args.save_dir={out}", *seeds, *QUIET, *start], out)  # fmt: skip
+        previous = newest_run(out) / "checkpoints" / "last.ckpt"
+    assert previous is not None
+    return previous
 
 
 class Stages:
@@ -123,11 +148,15 @@ def one_seed(
     row: dict[str, Any] = {"env": env, "seed": seed, "sft_test": test_scores(sft_test), "sft_run": str(newest_run(sft))}
     for algorithm in algorithms:
         cfg_rl, stage, test_dir = rl_config(algorithm, env), work / algorithm, work / f"{algorithm}_test"
-        stages.run(algorithm, ["selu", "fit", "-c", str(cfg_rl), f"--model.policy.init_from={sft_last}",
+        space = []
+        if algorithm in LATENT_ALGORITHMS:
+            space = [f"--model.action_space.init_args.latent_checkpoint="
+                     f"{latent_space(stages, work, env, demos, sft_last, seeds)}"]  # fmt: skip
+        stages.run(algorithm, ["selu", "fit", "-c", str(cfg_rl), f"--model.policy.init_from={sft_last}", *space,
                                f"--trainer.logger.init_args.save_dir={stage}", *seeds, *QUIET, *extra_ppo], stage)  # fmt: skip
         last = newest_run(stage) / "checkpoints" / "last.ckpt"
         stages.run(f"{algorithm}_test", ["selu", "test", "-c", str(cfg_rl), f"--ckpt_path={last}",
-                                         f"--model.policy.init_from={sft_last}",
+                                         f"--model.policy.init_from={sft_last}", *space,
                                          f"--trainer.logger.init_args.save_dir={test_dir}", *seeds, *QUIET,
                                          *d["test"]], test_dir)  # fmt: skip
         row[f"{algorithm}_test"], row[f"{algorithm}_run"] = test_scores(test_dir), str(newest_run(stage))
@@ -242,8 +271,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="an extra `selu fit` option for every SFT run (repeat: --sft-args=--a=1 --sft-args=--b=2)")
     parser.add_argument("--ppo-args", action="append", default=[], metavar="OPTION",
                         help="an extra `selu fit` option for every RL run (repeat as --sft-args)")
-    parser.add_argument("--algorithms", nargs="+", default=["ppo"], choices=["ppo", *GROUP_ALGORITHMS],
-                        help="RL stages from each SFT checkpoint (ppo: configs/rl4vlm_cpu/, others: configs/group/)")  # fmt: skip
+    parser.add_argument("--algorithms", nargs="+", default=["ppo"], choices=["ppo", *GROUP_ALGORITHMS, *LATENT_ALGORITHMS],
+                        help="RL stages from each SFT checkpoint (ppo: configs/rl4vlm_cpu/, latent_*: configs/latent/, "
+                             "others: configs/group/)")  # fmt: skip
     parser.add_argument("--report", action="store_true", help="only rebuild the table and pictures")
     args = parser.parse_args(argv)
     summary_file = args.out / "summary.json"
