@@ -1,0 +1,92 @@
+"""Update cost of RL over latent codes against RL over tokens: same model, same env, same response length, same run.
+
+Two ``ActorPPO`` modules on one backbone differ only in ``model.action_space``: ``TextActionSpace`` (the VLM trains:
+every weight, or its LoRA adapters with ``--lora-r``) and ``LatentActionSpace`` (only the code policy, the final norm
+and the value head train; latent weights random, which does not change the cost). Each fills a buffer with its own
+rollout (responses of exactly ``--new-tokens`` tokens), then one PPO pass over it in length-grouped minibatches
+(``tools/bench_update.py``'s update loop). The figure is update seconds per transition, latent over token (the
+paper reports x0.86), and the trainable parameters of each.
+
+    python tools/bench_latent_update.py                         # CPU, tiny LLaVA, full fine-tuning
+    python tools/bench_latent_update.py --lora-r 8 --model tiny:llava_next
+    python tools/bench_latent_update.py --device cuda --dtype bfloat16 --model full:llava_next_mistral_7b --lora-r 128
+
+Prints a table, then one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from selu_lightning.action_spaces import LatentActionSpace, TextActionSpace
+from selu_lightning.modules import ActorPPO
+from selu_lightning.policy.vlm import LoraSettings, PolicyConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from bench_update import make_buffer, run_update  # noqa: E402
+from latent_helpers import latent_checkpoint  # noqa: E402  (a LatentActionPretrain checkpoint, random latent weights)
+
+
+def _module(policy: PolicyConfig, space, device: str, dtype: str) -> ActorPPO:
+    module = ActorPPO(policy, space, minibatch_size=16, ppo_epochs=1)
+    module.configure_model()
+    module.to(device=device, dtype=getattr(torch, dtype))
+    module.train()
+    return module
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="tiny:llava")
+    parser.add_argument("--env", default="numberline")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--buffer", type=int, default=64, help="transitions in each buffer")
+    parser.add_argument("--new-tokens", type=int, default=32, help="tokens per response (fixed)")
+    parser.add_argument("--minibatch", type=int, default=16)
+    parser.add_argument("--lora-r", type=int, default=0, help="LoRA rank of the token run (0: full fine-tuning)")
+    parser.add_argument("--repeats", type=int, default=3, help="update passes timed per space (the fastest is kept)")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    lora = LoraSettings(r=args.lora_r, alpha=2 * args.lora_r) if args.lora_r else None
+    policy = PolicyConfig(args.model, lora=lora, freeze=["vision_tower"], value_head_widths=[64])
+    n = args.new_tokens
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        spaces = {
+            "token": TextActionSpace(temperature=1.0, max_new_tokens=n, min_new_tokens=n),
+            "latent": LatentActionSpace(str(latent_checkpoint(Path(tmp) / "latent.ckpt", policy)), max_new_tokens=n,
+                                        min_new_tokens=n),
+        }  # fmt: skip
+        for name, space in spaces.items():
+            module = _module(policy, space, args.device, args.dtype)
+            items = make_buffer(module, args.env, min(args.buffer, 16), args.buffer)
+            run_update(module, items[: args.minibatch], args.minibatch, 1, 8)  # warm-up
+            seconds = min(run_update(module, items, args.minibatch, 1, 8)["seconds"] for _ in range(args.repeats))
+            trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+            rows[name] = {"transitions": len(items), "update_s_per_transition": seconds / len(items),
+                          "trainable_parameters": trainable}  # fmt: skip
+    ratio = rows["latent"]["update_s_per_transition"] / rows["token"]["update_s_per_transition"]
+    params = rows["token"]["trainable_parameters"] / rows["latent"]["trainable_parameters"]
+    print(f"model {args.model}  device {args.device}  dtype {args.dtype}  {n} tokens per response  "
+          f"token run: {'LoRA r=' + str(args.lora_r) if args.lora_r else 'full fine-tuning'}")
+    print(f"{'actions':>8} {'ms per transition':>18} {'trainable parameters':>21}")
+    for name, row in rows.items():
+        print(f"{name:>8} {1000 * row['update_s_per_transition']:>18.2f} {row['trainable_parameters']:>21,}")
+    print(f"latent / token update time {ratio:.2f}x; token / latent trainable parameters {params:.1f}x")
+    print(json.dumps({"bench": "latent_update", "date": date.today().isoformat(), "machine": platform.node(),
+                      "threads": torch.get_num_threads(), **vars(args), "rows": rows, "update_time_ratio": ratio,
+                      "trainable_parameter_ratio": params}))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
