@@ -11,10 +11,10 @@ Swap by config: ``model.action_space: {class_path: selu_lightning.action_spaces.
 init_args: {latent_checkpoint: <LatentActionPretrain policy_bc run>/checkpoints/last.ckpt}}``.
 
 Differences from the reference (MMLatentAction): the world model decodes with the form it was trained with in
-every stage (``lm_head(norm(merged) - h)``; see ``latent/world.py``); rows decode one at a time with the
-backbone's KV cache, ``decode_batch_size`` rows together (left-padded, with explicit position ids as ``generate``
-gives them; the code policy's attention hides the padding), one row at a time for backbones with multimodal
-rotary positions (Qwen2-VL family); log-probs are over all K codes at ``temperature`` while sampling is top-k
+every stage (``lm_head(norm(merged) - h)``; see ``latent/world.py``); rows decode on the backbone's KV cache,
+``decode_batch_size`` of them together (left-padded, with explicit position ids as ``generate`` gives them; the
+code policy's attention hides the padding), one at a time for backbones with multimodal rotary positions
+(Qwen2-VL family); log-probs are over all K codes at ``temperature`` while sampling is top-k
 (``top_k: 0`` samples from exactly the scored distribution).
 """
 
