@@ -94,6 +94,8 @@ def tiny_round(tmp_path: Path, **overrides) -> dict:
         "out": str(tmp_path / "out"), "env_kwargs": {"scenes": ["apartment_1"], "image_size": 64},
         "episodes": 6, "eval_episodes": 4, "critic_eval_episodes": 6, "critic_epochs": 1, "actor_epochs": 1,
         "prior": {"env_kwargs": {"scenes": ["apartment_3"]}, "episodes": 6, "actor_epochs": 1, "critic_epochs": 1},
+        # 6 episodes: with the recipe's negatives (relabeled) an untrained critic may label none of them
+        "critic_overrides": ["--model.labeling.negatives=rejected"],
     }  # fmt: skip
     return cfg | overrides
 
@@ -182,7 +184,8 @@ def test_ai2thor_round_through_the_stub_player(tmp_path, monkeypatch):
     env_kwargs = {"local_executable_path": stub_thor_player.launcher(str(tmp_path)), "x_display": ":0",
                   "image_size": 64, "max_steps": 4, "scenes": ["FloorPlan1"]}  # fmt: skip
     recipe |= {"out": str(tmp_path / "out"), "env_kwargs": env_kwargs, "episodes": 4, "eval_episodes": 2,
-               "critic_eval_episodes": 4, "critic_epochs": 1, "actor_epochs": 1}  # fmt: skip
+               "critic_eval_episodes": 4, "critic_epochs": 1, "actor_epochs": 1,
+               "critic_overrides": ["--model.labeling.negatives=rejected"]}  # 4 episodes: one example each  # fmt: skip
     out = run_round(tmp_path, recipe)
     results = json.loads(Path(out, "selu/results.json").read_text())
     assert results["rounds"][0]["episodes"] == 4

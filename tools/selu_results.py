@@ -27,16 +27,15 @@ from selu_lightning.selu_round import VARIANTS
 
 RECIPE = "configs/selu/round_virtualhome.yaml"
 COLUMNS = ["base", *VARIANTS]
+#: What becomes a "no" example in the critic's own data (``model.labeling.negatives``): the ablation's runs.
+NEGATIVES = {f"neg_{value}": value for value in ("rejected", "relabeled", "none")}
 #: Runs beside the variants, by output name: SELU's critic as the actor's only PPO reward (beyond the paper), and
-#: the negatives ablation (the recipe's ``negatives: rejected`` is column ``selu``).
+#: SELU with each choice of negatives.
 RUNS = {
     "selu_ppo": ["--variant=selu", "--actor_update=ppo", "--ppo=configs/selu/ppo_virtualhome.yaml"],
-    "neg_relabeled": ["--variant=selu", "--name=neg_relabeled",
-                      "--critic_overrides=[--model.labeling.negatives=relabeled]"],
-    "neg_none": ["--variant=selu", "--name=neg_none", "--critic_overrides=[--model.labeling.negatives=none]"],
-}
-#: The negatives ablation's columns: what becomes a "no" example in the critic's own data.
-NEGATIVES = {"selu": "rejected", "neg_relabeled": "relabeled", "neg_none": "none"}
+    **{name: ["--variant=selu", f"--name={name}", f"--critic_overrides=[--model.labeling.negatives={value}]"]
+       for name, value in NEGATIVES.items()},
+}  # fmt: skip
 
 
 def run_seed(seed: int, variants: list[str], out: Path, threads: int, extra: list[str]) -> None:
@@ -119,9 +118,9 @@ def report(out: Path, seeds: list[int], docs: Path) -> str:
             counts = [sum(int(per[v]["rounds"][0].get(f"positives_{verb}", 0)) for per in results.values() if v in per)
                       for verb in verbs]  # fmt: skip
             lines.append(f"| {v} | " + " | ".join(map(str, counts)) + " |")
-    if any(values(c, "critic_accuracy") for c in NEGATIVES if c != "selu"):
-        lines += ["", "Negatives of the critic's own data (`model.labeling.negatives`; column `selu` above is "
-                  "`rejected`):", "", "| | " + " | ".join(NEGATIVES.values()) + " |", "|---" * (len(NEGATIVES) + 1) + "|"]
+    if any(values(c, "critic_accuracy") for c in NEGATIVES):
+        lines += ["", "SELU with each choice of the critic's negatives (`model.labeling.negatives`):", "",
+                  "| | " + " | ".join(NEGATIVES.values()) + " |", "|---" * (len(NEGATIVES) + 1) + "|"]
         for name, key in [*rows, ("actor SFT episodes", "actor_episodes")]:
             scale = 1.0 if key == "actor_episodes" else 100.0
             lines.append(f"| {name} | " + " | ".join(_cell(values(c, key), scale) for c in NEGATIVES) + " |")
@@ -200,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=[*VARIANTS, *RUNS],
                         help="selu_ppo: SELU's critic as the PPO actor's only reward (beyond the paper); "
-                             "neg_relabeled, neg_none: the critic's negatives ablation.")
+                             "neg_rejected, neg_relabeled, neg_none: the critic's negatives ablation.")
     parser.add_argument("--out", type=Path, default=Path("results/selu"))
     parser.add_argument("--docs", type=Path, default=Path("docs"))
     parser.add_argument("--jobs", type=int, default=2, help="Seeds run at once (each on 2 / jobs threads).")
