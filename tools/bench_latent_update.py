@@ -58,7 +58,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     lora = LoraSettings(r=args.lora_r, alpha=2 * args.lora_r) if args.lora_r else None
-    policy = PolicyConfig(args.model, lora=lora, freeze=["vision_tower"], value_head_widths=[64])
+    policy = PolicyConfig(args.model, lora=lora, freeze=[] if lora else ["vision_tower"], value_head_widths=[64])
     n = args.new_tokens
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
