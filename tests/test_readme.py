@@ -82,6 +82,7 @@ def test_every_readme_command_is_covered(tmp_path):
             or words[0] in ("tensorboard", "torchrun", "pip")
             or words[:3] == ["python", "-m", "selu_lightning.data.collect"]
             or words[0] == "selu-round"
+            or words[:2] == ["python", "tools/rl4vlm_cpu_results.py"]
             or _selu_args(command, tmp_path) is not None
         )
         if not covered:
@@ -138,3 +139,17 @@ def test_readme_round_commands_parse(command, monkeypatch):
     assert (ROOT / cfg.actor).is_file() and (ROOT / cfg.critic).is_file()
     if "--variant" in command:
         assert cfg.variant == shlex.split(command)[shlex.split(command).index("--variant") + 1]
+
+
+@pytest.mark.parametrize("command", [c for c in readme_commands() if c.startswith("python tools/rl4vlm_cpu_results.py")])
+def test_readme_results_tool_commands_parse(command, monkeypatch, tmp_path):
+    """The results tool's README commands parse as written (envs, algorithms); ``--report`` on an empty output
+    folder then runs nothing."""
+    import importlib.util
+
+    monkeypatch.chdir(ROOT)
+    spec = importlib.util.spec_from_file_location("rl4vlm_cpu_results", ROOT / "tools/rl4vlm_cpu_results.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    args = shlex.split(command)[2:]
+    tool.main([*args, "--report", f"--out={tmp_path / 'out'}", f"--docs={tmp_path / 'docs'}"])
