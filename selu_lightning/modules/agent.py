@@ -87,16 +87,17 @@ class VLMAgent(L.LightningModule):
         (its instantiator matches any LightningModule subclass): a nested critic would otherwise read the actor's
         settings and miss its own."""
         caller = inspect.currentframe().f_back  # type: ignore[union-attr]
-        given = hparams_mixin._given_hyperparameters.get()
+        context = getattr(hparams_mixin, "_given_hyperparameters", None)  # Lightning's private context variable
+        given = context.get() if context is not None else None
         owner = _class_of(given.get("_class_path")) if given is not None else None
         if owner is None or owner is type(self):  # not nested (or the config's class cannot be told: as Lightning)
             self.save_hyperparameters(ignore=list(ignore), frame=caller)
             return
-        token = hparams_mixin._given_hyperparameters.set(None)
+        token = context.set(None)
         try:
             self.save_hyperparameters(ignore=list(ignore), frame=caller)
         finally:
-            hparams_mixin._given_hyperparameters.reset(token)
+            context.reset(token)
 
     # ------------------------------------------------------------------ setup
     def check_env(self, env_cls: type) -> None:
