@@ -152,11 +152,9 @@ class LatentActionSpace(TextActionSpace):
         latent, norm = self._latent(), vlm_norm(policy.hf_model)
         parent, name = _parent_of(policy.hf_model, norm)
         code_ref, norm_ref = self._reference
-        live = next(latent.policy.parameters())
-        for kept in (code_ref, norm_ref):
-            kept.to(device=live.device)
-        norm_ref.to(dtype=next(norm.parameters()).dtype)
-        code_ref.to(dtype=live.dtype)
+        for kept, live in ((code_ref, latent.policy), (norm_ref, norm)):  # where and as the trainer put the live ones
+            weight = next(live.parameters())
+            kept.to(device=weight.device, dtype=weight.dtype)
         current = latent.policy
         latent._modules["policy"], parent._modules[name] = code_ref, norm_ref
         try:
