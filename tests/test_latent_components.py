@@ -69,9 +69,13 @@ def test_the_idm_is_causal_apart_from_its_one_step_look_ahead():
     assert not torch.allclose(a[0, 3], b[0, 3])  # t = 3 reads position 4
 
 
-def test_straight_through_codes_are_hard_forward_and_pass_gradients_to_codebook_and_idm():
+@pytest.mark.parametrize("readout", ["additive", "reference"])
+def test_straight_through_codes_are_hard_forward_and_pass_gradients_to_codebook_and_idm(readout):
     torch.manual_seed(0)
-    model = LatentActionModel(LatentConfig(num_codes=K, idm_layers=1, policy_layers=1, merge_layers=2), D, 2, 16, 1e-6)
+    config = LatentConfig(num_codes=K, idm_layers=1, policy_layers=1, merge_layers=2, readout=readout)
+    model = LatentActionModel(config, D, 2, 16, 1e-6)
+    for block in model.world.blocks:  # as after a first step (additive starts them at zero: no gradient yet)
+        nn.init.normal_(block.proj.weight, std=0.1)
     norm, head = nn.RMSNorm(D), nn.Linear(D, 11, bias=False)
     h = torch.randn(2, 5, D)
     logits = model.idm(h)
@@ -79,7 +83,7 @@ def test_straight_through_codes_are_hard_forward_and_pass_gradients_to_codebook_
     assert torch.equal(one_hot.detach(), torch.nn.functional.one_hot(codes, K).float())
     vec = model.codebook(one_hot)
     torch.testing.assert_close(vec, model.codebook.embed(codes))  # the forward value is the chosen row
-    out = world_logits(model.world.merge(h, vec), h, norm, head)
+    out = model.world.logits(h, vec, norm, head)
     torch.nn.functional.cross_entropy(out.reshape(-1, 11), torch.randint(11, (10,))).backward()
     used = torch.zeros(K, dtype=torch.bool)
     used[codes.unique()] = True
@@ -91,11 +95,30 @@ def test_straight_through_codes_are_hard_forward_and_pass_gradients_to_codebook_
     assert torch.equal(greedy, logits.argmax(-1))
 
 
-def test_world_logits_read_out_the_merged_state_minus_h_through_the_vlm_norm_and_head():
+def test_world_logits_read_out_the_merged_state_by_the_configured_form():
     torch.manual_seed(1)
-    norm, head = nn.RMSNorm(D), nn.Linear(D, 5, bias=False)
+    norm, head = nn.RMSNorm(D, elementwise_affine=True), nn.Linear(D, 5, bias=False)
+    nn.init.uniform_(norm.weight, 0.5, 2.0)
     h, merged = torch.randn(3, D), torch.randn(3, D)
-    torch.testing.assert_close(world_logits(merged, h, norm, head), head(norm(merged) - h))
+    torch.testing.assert_close(world_logits(merged, h, norm, head, "reference"), head(norm(merged) - h))
+    torch.testing.assert_close(world_logits(merged, h, norm, head, "additive"), head(merged))
+    with pytest.raises(ValueError, match="readout"):
+        world_logits(merged, h, norm, head, "minus")
+
+
+def test_the_additive_world_model_starts_as_the_base_lm_whatever_the_code():
+    torch.manual_seed(2)
+    norm, head = nn.RMSNorm(D), nn.Linear(D, 7, bias=False)
+    model = LatentActionModel(LatentConfig(num_codes=K, idm_layers=1, policy_layers=1, merge_layers=2), D, 2, 16, 1e-6)
+    h = torch.randn(4, D)
+    for code in range(K):
+        out = model.world.logits(h, model.codebook.embed(torch.full((4,), code)), norm, head)
+        torch.testing.assert_close(out, head(h))
+    # The reference's form does not: it reads out norm(x) - h, far from the base LM's logits.
+    ref = LatentActionModel(LatentConfig(num_codes=K, idm_layers=1, policy_layers=1, merge_layers=2,
+                                         readout="reference"), D, 2, 16, 1e-6)  # fmt: skip
+    assert not torch.allclose(ref.world.logits(h, ref.codebook.embed(torch.zeros(4, dtype=torch.long)), norm, head),
+                              head(h), atol=1e-2)  # fmt: skip
 
 
 def test_gaussian_nll_against_hand_computed_numbers():
@@ -150,3 +173,9 @@ def test_latent_config_is_checked():
         LatentConfig(num_codes=1)
     with pytest.raises(ConfigError, match="tau"):
         LatentConfig(tau=0.0)
+    with pytest.raises(ConfigError, match="readout"):
+        LatentConfig(readout="minus")
+    # A checkpoint from before the read-out was a setting was built with the reference's form.
+    old = {k: v for k, v in LatentConfig().to_dict().items() if k != "readout"}
+    assert LatentConfig.from_saved(old).readout == "reference"
+    assert LatentConfig.from_saved(LatentConfig().to_dict()).readout == "additive"

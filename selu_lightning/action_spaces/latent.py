@@ -10,8 +10,8 @@ the response ids and re-scored by the same teacher-forced pass in rollout and up
 Swap by config: ``model.action_space: {class_path: selu_lightning.action_spaces.LatentActionSpace,
 init_args: {latent_checkpoint: <LatentActionPretrain policy_bc run>/checkpoints/last.ckpt}}``.
 
-Differences from the reference (MMLatentAction): the world model decodes with the form it was trained with in
-every stage (``lm_head(norm(merged) - h)``; see ``latent/world.py``); rows decode on the backbone's KV cache,
+Differences from the reference (MMLatentAction): the world model decodes with the read-out it was trained with
+in every stage (``LatentConfig.readout``, additive by default; see ``latent/world.py``); rows decode on the backbone's KV cache,
 ``decode_batch_size`` of them together (left-padded, with explicit position ids as ``generate`` gives them; the
 code policy's attention hides the padding), one at a time for backbones with multimodal rotary positions
 (Qwen2-VL family); log-probs are over all K codes at ``temperature`` while sampling is top-k
@@ -39,7 +39,6 @@ from selu_lightning.latent.model import (
     vlm_norm,
 )
 from selu_lightning.latent.policy import code_logprobs, sample_codes
-from selu_lightning.latent.world import world_logits
 from selu_lightning.policy.vlm import BackboneOutput, PromptSample, VLMPolicy
 
 __all__ = ["LATENT_CONFIG_KEY", "LatentActionSpace"]
@@ -123,7 +122,7 @@ class LatentActionSpace(TextActionSpace):
             raise ConfigError(f"latent_checkpoint was built on {built_on!r}; this run's policy is "
                               f"{policy.config.model_name_or_path!r}")  # fmt: skip
         hf = policy.hf_model
-        latent = LatentActionModel.for_backbone(LatentConfig(**checkpoint[LATENT_CONFIG_KEY]), hf)
+        latent = LatentActionModel.for_backbone(LatentConfig.from_saved(checkpoint[LATENT_CONFIG_KEY]), hf)
         load_latent_weights(latent, checkpoint, path)
         latent.drop_unused_in_rl(text_only=not self.with_image)
         latent.train_only(("policy",))
@@ -226,7 +225,7 @@ class LatentActionSpace(TextActionSpace):
         running = [True] * rows
         for step in range(self.max_new_tokens):
             code = logits.argmax(-1) if greedy else sample_codes(logits, self.temperature, self.top_k, generator)
-            token_logits = world_logits(latent.world.merge(x[:, -1], latent.codebook.embed(code)), x[:, -1], norm, head)
+            token_logits = latent.world.logits(x[:, -1], latent.codebook.embed(code), norm, head)
             if banned:
                 token_logits[:, banned] = float("-inf")
             if step < self.min_new_tokens and eos:

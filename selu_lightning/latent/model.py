@@ -19,7 +19,7 @@ from selu_lightning.latent.codebook import Codebook
 from selu_lightning.latent.idm import InverseDynamics
 from selu_lightning.latent.layers import CodeStack
 from selu_lightning.latent.projector import CrossModalProjector
-from selu_lightning.latent.world import WorldModel
+from selu_lightning.latent.world import READOUTS, Readout, WorldModel
 
 __all__ = ["STAGE_COMPONENTS", "LatentActionModel", "LatentConfig", "backbone_dims", "vlm_lm_head", "vlm_norm"]
 
@@ -43,6 +43,9 @@ class LatentConfig:
     merge_layers: int = 2
     tau: float = 2.0
     """Gumbel-softmax temperature of the IDM's code samples."""
+    readout: Readout = "additive"
+    """How the world model turns the merged state into logits (``latent/world.py``; ``reference``: the paper's
+    code's training form)."""
 
     def __post_init__(self) -> None:
         for name in ("num_codes", "idm_layers", "policy_layers", "merge_layers"):
@@ -52,6 +55,13 @@ class LatentConfig:
             raise ConfigError(f"latent num_codes must be >= 2 (got {self.num_codes})")
         if not self.tau > 0:
             raise ConfigError(f"latent tau must be > 0 (got {self.tau})")
+        if self.readout not in READOUTS:
+            raise ConfigError(f"latent readout must be one of {', '.join(READOUTS)} (got {self.readout!r})")
+
+    @classmethod
+    def from_saved(cls, saved: dict[str, Any]) -> LatentConfig:
+        """The config a checkpoint was built with (checkpoints from before ``readout`` existed used ``reference``)."""
+        return cls(**{"readout": "reference", **saved})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -96,7 +106,7 @@ class LatentActionModel(nn.Module):
         k = config.num_codes
         self.idm = InverseDynamics(CodeStack(hidden_size, k, config.idm_layers, heads, ffn_size, eps))
         self.codebook = Codebook(k, hidden_size)
-        self.world = WorldModel(hidden_size, ffn_size, config.merge_layers)
+        self.world = WorldModel(hidden_size, ffn_size, config.merge_layers, config.readout)
         self.policy = CodeStack(hidden_size, k, config.policy_layers, heads, ffn_size, eps)
         self.projector = CrossModalProjector(hidden_size)
 

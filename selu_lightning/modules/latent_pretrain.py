@@ -57,7 +57,7 @@ from selu_lightning.latent.model import (
 )
 from selu_lightning.latent.projector import cycle_nll, gaussian_nll
 from selu_lightning.latent.views import SequenceView, sequence_view
-from selu_lightning.latent.world import world_logits
+from selu_lightning.latent.world import Readout
 from selu_lightning.modules.actor_sft import response_example
 from selu_lightning.modules.agent import VLMAgent, eval_mode
 from selu_lightning.policy.vlm import PolicyConfig
@@ -82,6 +82,7 @@ class LatentActionPretrain(VLMAgent):
         policy_layers: int = 8,
         merge_layers: int = 2,
         tau: float = 2.0,
+        readout: Readout = "additive",
         entropy_coef: float = 1e-3,
         nll_coef: float = 1e-5,
         cycle_coef: float = 1e-5,
@@ -106,6 +107,9 @@ class LatentActionPretrain(VLMAgent):
             policy_layers: Causal layers of the code policy (the paper: 8).
             merge_layers: Gated residual MLPs merging the code into h (the paper: 2).
             tau: Gumbel-softmax temperature of the IDM's codes (the paper: 2.0).
+            readout: The world model's read-out, the same in every stage and at RL time: ``additive``
+                (``lm_head(h + merges)``, the base LM before training) or ``reference`` (the paper's code's
+                ``lm_head(norm(h + merges) - h)``); see ``latent/world.py``.
             entropy_coef: Weight of the IDM's mean sum p log p (the paper: 1e-3).
             nll_coef: Weight of the projector NLLs in ``joint`` (the paper: 1e-5; ``projector_init`` uses 1).
             cycle_coef: Weight of the cycle-consistency NLL in ``joint`` (the paper: 1e-5; 0 ablates it).
@@ -132,7 +136,7 @@ class LatentActionPretrain(VLMAgent):
             rank_zero_warn(f"model.stage={stage} starts from a fresh latent space: set model.latent_init to the "
                            "previous stage's checkpoint")  # fmt: skip
         self.stage = stage
-        self.latent_config = LatentConfig(num_codes, idm_layers, policy_layers, merge_layers, tau)
+        self.latent_config = LatentConfig(num_codes, idm_layers, policy_layers, merge_layers, tau, readout)
         self.latent: LatentActionModel | None = None
         self._code_counts: torch.Tensor | None = None
 
@@ -150,6 +154,7 @@ class LatentActionPretrain(VLMAgent):
             saved = checkpoint.get(LATENT_CONFIG_KEY)
             if saved is None:
                 raise ConfigError(f"model.latent_init {path!r} is not a LatentActionPretrain checkpoint")
+            saved = LatentConfig.from_saved(saved).to_dict()
             if saved != self.latent_config.to_dict():
                 raise ConfigError(f"model.latent_init was built with {saved}; this run has {self.latent_config.to_dict()}")
             built_on = (checkpoint.get(CONFIG_KEY) or {}).get("model_name_or_path")
@@ -206,7 +211,7 @@ class LatentActionPretrain(VLMAgent):
         norm, head = vlm_norm(hf), vlm_lm_head(hf)
         mask = view.target_mask
         xs, targets = x[mask], view.targets[mask]
-        logits = world_logits(self.latent.world.merge(xs, codes_vec[mask]), xs, norm, head)
+        logits = self.latent.world.logits(xs, codes_vec[mask], norm, head)
         with torch.no_grad():
             base = F.cross_entropy(head(view.hidden[mask]).float(), targets)
         return F.cross_entropy(logits, targets), base
