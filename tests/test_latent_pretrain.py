@@ -122,6 +122,27 @@ def test_the_cycle_weight_is_a_real_knob(store):
     assert terms[1e-5][0]["loss_cycle"].item() == pytest.approx(1e-5 * terms[1e-5][1]["cycle_nll"].item(), rel=1e-5)
 
 
+def test_the_ablations_without_text_only_data_and_without_the_projector(store):
+    from selu_lightning.data.store import TrajectoryStore
+
+    episodes = list(TrajectoryStore(store).iter_trajectories())
+    torch.manual_seed(0)
+    no_text = LatentActionPretrain(POLICY, "joint", minibatch_size=4, text_data=False, **TINY_LATENT)
+    no_text.configure_model()
+    batch = next(iter(no_text.build_train_data(episodes)))
+    assert batch["text"] == [] and len(batch["paired"]) == 4  # paired batches only
+    losses, stats = no_text.stage_losses(batch)
+    assert "loss_recon_text" not in losses and "cycle_nll" not in stats and "loss_nll_text_to_mm" in losses
+    raw = LatentActionPretrain(POLICY, "joint", minibatch_size=4, text_states="raw", **TINY_LATENT)
+    raw.configure_model()
+    losses, stats = raw.stage_losses(next(iter(raw.build_train_data(episodes))))
+    assert "loss_recon_text" in losses  # text-only data still trains the space, read raw
+    assert not any("nll" in k or "cycle" in k for k in (*losses, *stats))
+    h = torch.randn(1, 3, raw.latent.projector.text_to_mm.mean[0].in_features)
+    assert torch.equal(raw.latent.to_text_space(h), h)
+    assert not torch.equal(no_text.latent.to_text_space(h), h)
+
+
 def test_bad_stage_and_mismatched_checkpoints_fail_in_one_line(tmp_path, store):
     with pytest.raises(ConfigError, match="model.stage must be one of"):
         LatentActionPretrain(POLICY, "warmup")

@@ -8,7 +8,8 @@ actions from the SFT checkpoint, and held-out tests of both checkpoints; then a 
 ``--algorithms`` runs more RL stages from the same SFT checkpoint: ``ppo`` with ``configs/rl4vlm_cpu/ppo_<env>.yaml``,
 ``grpo`` / ``dr_grpo`` / ``gigpo`` with ``configs/group/<algorithm>_<env>.yaml`` (same env steps as the PPO recipe),
 ``latent_ppo`` / ``latent_grpo`` over latent codes (``configs/latent/``: the PPO and GRPO recipes with the action space
-swapped, after the latent space's four pretraining stages on the seed's demonstrations);
+swapped, after the latent space's four pretraining stages on the seed's demonstrations), and
+``latent_ppo_no_cycle`` / ``latent_ppo_no_projector`` / ``latent_ppo_no_text`` over the paper's ablated spaces;
 the report then adds a table of the algorithms side by side and a picture of their held-out curves.
 
 Every stage is the README's own command (``python -m selu_lightning.data.collect``, ``selu fit``,
@@ -78,8 +79,21 @@ def test_scores(save_dir: Path) -> dict[str, float]:
 #: RL over latent codes (``latent_ppo``, ``latent_grpo``): the token recipe with ``model.action_space`` swapped
 #: (``configs/latent/<algorithm>_<env>.yaml``), on a latent space built from the seed's demonstrations and SFT
 #: checkpoint by these stages in order (``configs/latent/<stage>_<env>.yaml``), shared by both.
-LATENT_ALGORITHMS = ("latent_ppo", "latent_grpo")
 LATENT_STAGES = ("idm_warmup", "projector_init", "joint", "policy_bc")
+#: The paper's ablations of the latent space: options of its ``joint`` and ``policy_bc`` stages (the first two
+#: stages are shared with the full space). ``latent_ppo_<ablation>`` runs PPO over the ablated space.
+LATENT_ABLATIONS = {
+    "no_cycle": ["--model.cycle_coef=0"],
+    "no_projector": ["--model.text_states=raw"],
+    "no_text": ["--model.text_data=false"],
+}
+LATENT_ALGORITHMS = ("latent_ppo", "latent_grpo", *(f"latent_ppo_{a}" for a in LATENT_ABLATIONS))
+
+
+def latent_parts(algorithm: str) -> tuple[str, str | None]:
+    """``latent_ppo_no_cycle`` -> (``ppo``, ``no_cycle``); ``latent_grpo`` -> (``grpo``, None)."""
+    rl, _, ablation = algorithm.removeprefix("latent_").partition("_")
+    return rl, ablation or None
 
 
 def rl_config(algorithm: str, env: str) -> Path:
@@ -87,19 +101,25 @@ def rl_config(algorithm: str, env: str) -> Path:
     if algorithm == "ppo":
         return Path("configs/rl4vlm_cpu") / f"ppo_{env}.yaml"
     if algorithm in LATENT_ALGORITHMS:
-        return Path("configs/latent") / f"{algorithm.removeprefix('latent_')}_{env}.yaml"
+        return Path("configs/latent") / f"{latent_parts(algorithm)[0]}_{env}.yaml"
     return Path("configs/group") / f"{algorithm}_{env}.yaml"
 
 
-def latent_space(stages: Stages, work: Path, env: str, demos: Path, sft_last: Path, seeds: list[str]) -> Path:
-    """The latent space on the SFT checkpoint, stage after stage; returns the last stage's checkpoint."""
+def latent_space(
+    stages: Stages, work: Path, env: str, demos: Path, sft_last: Path, seeds: list[str], ablation: str | None = None
+) -> Path:
+    """The latent space on the SFT checkpoint, stage after stage; returns the last stage's checkpoint. An
+    ablated space shares the first two stages and redoes the rest with the ablation's options."""
     previous: Path | None = None
     for stage in LATENT_STAGES:
-        out = work / f"latent_{stage}"
+        ablated = ablation is not None and stage in ("joint", "policy_bc")
+        name = f"latent_{ablation}_{stage}" if ablated else f"latent_{stage}"
+        out = work / name
         start = [f"--model.latent_init={previous}"] if previous else []
-        stages.run(f"latent_{stage}", ["selu", "fit", "-c", f"configs/latent/{stage}_{env}.yaml",
-                                       f"--data.demonstrations={demos}", f"--model.policy.init_from={sft_last}",
-                                       f"--trainer.logger.init_args.save_dir={out}", *seeds, *QUIET, *start], out)  # fmt: skip
+        options = LATENT_ABLATIONS[ablation] if ablated else []
+        stages.run(name, ["selu", "fit", "-c", f"configs/latent/{stage}_{env}.yaml",
+                          f"--data.demonstrations={demos}", f"--model.policy.init_from={sft_last}",
+                          f"--trainer.logger.init_args.save_dir={out}", *seeds, *QUIET, *start, *options], out)  # fmt: skip
         previous = newest_run(out) / "checkpoints" / "last.ckpt"
     assert previous is not None
     return previous
@@ -151,7 +171,7 @@ def one_seed(
         space = []
         if algorithm in LATENT_ALGORITHMS:
             space = [f"--model.action_space.init_args.latent_checkpoint="
-                     f"{latent_space(stages, work, env, demos, sft_last, seeds)}"]  # fmt: skip
+                     f"{latent_space(stages, work, env, demos, sft_last, seeds, latent_parts(algorithm)[1])}"]  # fmt: skip
         stages.run(algorithm, ["selu", "fit", "-c", str(cfg_rl), f"--model.policy.init_from={sft_last}", *space,
                                f"--trainer.logger.init_args.save_dir={stage}", *seeds, *QUIET, *extra_ppo], stage)  # fmt: skip
         last = newest_run(stage) / "checkpoints" / "last.ckpt"
@@ -160,6 +180,11 @@ def one_seed(
                                          f"--trainer.logger.init_args.save_dir={test_dir}", *seeds, *QUIET,
                                          *d["test"]], test_dir)  # fmt: skip
         row[f"{algorithm}_test"], row[f"{algorithm}_run"] = test_scores(test_dir), str(newest_run(stage))
+        diversity = work / f"{algorithm}_diversity"
+        stages.run(f"{algorithm}_diversity", [sys.executable, "tools/rollout_diversity.py", "-c", str(cfg_rl),
+                                              f"--ckpt_path={last}", f"--out={diversity / 'diversity.json'}", "--",
+                                              f"--model.policy.init_from={sft_last}", *space, *seeds], diversity)  # fmt: skip
+        row[f"{algorithm}_diversity"] = json.loads((diversity / "diversity.json").read_text())
     return {**row, "timings_s": stages.timings}
 
 
@@ -232,8 +257,9 @@ def algorithm_table(summary: list[dict[str, Any]], algorithms: list[str], docs: 
     from plot_runs import plot
 
     lines = [
-        "| env | algorithm | seeds | SFT success | after RL | gain (points) | parse failures after | RL minutes |",
-        "|---|---|---|---|---|---|---|---|",
+        "| env | algorithm | seeds | SFT success | after RL | gain (points) | parse failures after "
+        "| distinct responses / actions per state | RL minutes |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for env in dict.fromkeys(r["env"] for r in summary):
         curves = []
@@ -246,9 +272,12 @@ def algorithm_table(summary: list[dict[str, Any]], algorithms: list[str], docs: 
             gain = [100 * (a - b) for a, b in zip(after, sft)]
             failures = mean(r[f"{algorithm}_test"].get("parse_failure_rate", float("nan")) for r in rows)
             minutes = [r["timings_s"].get(algorithm, 0.0) / 60 for r in rows]
+            spread = [r[f"{algorithm}_diversity"] for r in rows if f"{algorithm}_diversity" in r]
+            diverse = (f"{mean(d['distinct_responses_per_state'] for d in spread):.2f} / "
+                       f"{mean(d['distinct_actions_per_state'] for d in spread):.2f}") if spread else "-"  # fmt: skip
             lines.append(
                 f"| {env} | {algorithm} | {', '.join(str(r['seed']) for r in rows)} | {_spread(sft)} | {_spread(after)} "
-                f"| {mean(gain):+.1f} ({' / '.join(f'{g:+.1f}' for g in gain)}) | {failures:.3f} "
+                f"| {mean(gain):+.1f} ({' / '.join(f'{g:+.1f}' for g in gain)}) | {failures:.3f} | {diverse} "
                 f"| {min(minutes):.1f}-{max(minutes):.1f} |"
             )
             scalars = [read_scalars(r[f"{algorithm}_run"]) for r in rows]

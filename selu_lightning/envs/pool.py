@@ -30,7 +30,7 @@ from selu_lightning.errors import ConfigError
 __all__ = ["EnvPool", "EnvState", "StepOutcome", "seed_stream", "EnvCrashed"]
 
 #: Seed streams: training episodes and held-out evaluation episodes never share a stream.
-STREAMS = {"train": 0, "val": 1, "test": 2, "sampler": 3, "demo": 4}
+STREAMS = {"train": 0, "val": 1, "test": 2, "sampler": 3, "demo": 4, "diversity": 5}
 
 
 def seed_stream(seed: int, stream: str, rank: int = 0, index: int = 0, *extra: int) -> np.random.SeedSequence:

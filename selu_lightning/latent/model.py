@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -46,6 +46,9 @@ class LatentConfig:
     readout: Readout = "additive"
     """How the world model turns the merged state into logits (``latent/world.py``; ``reference``: the paper's
     code's training form)."""
+    text_states: Literal["projected", "raw"] = "projected"
+    """What the IDM, world model and policy read for a text-only input: the projector's text -> image-text mean
+    (the method) or the raw text hidden state (the "without projector" ablation)."""
 
     def __post_init__(self) -> None:
         for name in ("num_codes", "idm_layers", "policy_layers", "merge_layers"):
@@ -55,6 +58,8 @@ class LatentConfig:
             raise ConfigError(f"latent num_codes must be >= 2 (got {self.num_codes})")
         if not self.tau > 0:
             raise ConfigError(f"latent tau must be > 0 (got {self.tau})")
+        if self.text_states not in ("projected", "raw"):
+            raise ConfigError(f"latent text_states must be 'projected' or 'raw' (got {self.text_states!r})")
         if self.readout not in READOUTS:
             raise ConfigError(f"latent readout must be one of {', '.join(READOUTS)} (got {self.readout!r})")
 
@@ -124,15 +129,17 @@ class LatentActionModel(nn.Module):
 
     def drop_unused_in_rl(self, text_only: bool) -> None:
         """Free what acting and scoring codes never run: the IDM, and the projector unless text-only prompts are
-        mapped through it. With a 7B backbone each IDM layer is a full-width transformer block (about 0.24 B
+        mapped through it (``text_states: projected``). With a 7B backbone each IDM layer is a full-width transformer block (about 0.24 B
         parameters at Mistral-7B's sizes), held on every rank for nothing."""
         del self.idm
-        if not text_only:
+        if not (text_only and self.config.text_states == "projected"):
             del self.projector
 
     def to_text_space(self, h: torch.Tensor) -> torch.Tensor:
         """Text-only hidden states as the image-text space's: the text -> image-text mean (no gradient into
-        the projector from what reads it, as in the reference)."""
+        the projector from what reads it, as in the reference); unchanged with ``text_states: raw``."""
+        if self.config.text_states == "raw":
+            return h
         mean, _ = self.projector.text_to_mm(h)
         return mean.detach()
 

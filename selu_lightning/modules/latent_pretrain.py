@@ -83,6 +83,8 @@ class LatentActionPretrain(VLMAgent):
         merge_layers: int = 2,
         tau: float = 2.0,
         readout: Readout = "additive",
+        text_states: Literal["projected", "raw"] = "projected",
+        text_data: bool = True,
         entropy_coef: float = 1e-3,
         nll_coef: float = 1e-5,
         cycle_coef: float = 1e-5,
@@ -110,6 +112,12 @@ class LatentActionPretrain(VLMAgent):
             readout: The world model's read-out, the same in every stage and at RL time: ``additive``
                 (``lm_head(h + merges)``, the base LM before training) or ``reference`` (the paper's code's
                 ``lm_head(norm(h + merges) - h)``); see ``latent/world.py``.
+            text_states: What the IDM, world model and policy read for text-only inputs: the projector's
+                text -> image-text mean (``projected``, the method) or the raw text state (``raw``: the "without
+                projector" ablation; ``joint`` then has no projector NLLs or cycle loss). May change from the
+                stage before; the RL run takes the last stage's.
+            text_data: Mix text-only examples into ``joint`` and ``policy_bc`` (false: the "without text-only
+                data" ablation; paired batches only, no cycle loss).
             entropy_coef: Weight of the IDM's mean sum p log p (the paper: 1e-3).
             nll_coef: Weight of the projector NLLs in ``joint`` (the paper: 1e-5; ``projector_init`` uses 1).
             cycle_coef: Weight of the cycle-consistency NLL in ``joint`` (the paper: 1e-5; 0 ablates it).
@@ -136,7 +144,7 @@ class LatentActionPretrain(VLMAgent):
             rank_zero_warn(f"model.stage={stage} starts from a fresh latent space: set model.latent_init to the "
                            "previous stage's checkpoint")  # fmt: skip
         self.stage = stage
-        self.latent_config = LatentConfig(num_codes, idm_layers, policy_layers, merge_layers, tau, readout)
+        self.latent_config = LatentConfig(num_codes, idm_layers, policy_layers, merge_layers, tau, readout, text_states)
         self.latent: LatentActionModel | None = None
         self._code_counts: torch.Tensor | None = None
 
@@ -155,6 +163,8 @@ class LatentActionPretrain(VLMAgent):
             if saved is None:
                 raise ConfigError(f"model.latent_init {path!r} is not a LatentActionPretrain checkpoint")
             saved = LatentConfig.from_saved(saved).to_dict()
+            if self.stage == "joint":  # where text states are first read: the only stage that may change them
+                saved["text_states"] = self.latent_config.text_states
             if saved != self.latent_config.to_dict():
                 raise ConfigError(f"model.latent_init was built with {saved}; this run has {self.latent_config.to_dict()}")
             built_on = (checkpoint.get(CONFIG_KEY) or {}).get("model_name_or_path")
@@ -176,8 +186,8 @@ class LatentActionPretrain(VLMAgent):
                 if step.frame is not None and self.action_space.with_image:
                     paired.append(response_example(self.policy, step.prompt, step.frame, step.response, True))
                 text.append(response_example(self.policy, step.prompt, None, step.response, False))
-        mixes = self.stage in _TEXT_STAGES and bool(text)
-        if self.stage == "policy_bc" and not paired:
+        mixes = self.stage in _TEXT_STAGES and bool(text) and self.hparams.text_data
+        if self.stage == "policy_bc" and not paired and self.hparams.text_data:
             primary, mixes = text, False  # a text-only policy: BC on projected states alone
         elif not paired:
             raise ConfigError(f"model.stage={self.stage} needs episodes with frames (paired image-text data) "
@@ -234,7 +244,8 @@ class LatentActionPretrain(VLMAgent):
         paired = self._views(batch["paired"], with_image=True)
         losses: dict[str, torch.Tensor] = {}
         stats: dict[str, torch.Tensor] = {}
-        if stage in ("projector_init", "joint") and paired is not None:
+        projects = stage == "projector_init" or (stage == "joint" and latent.config.text_states == "projected")
+        if projects and paired is not None:
             bare = self._views(batch["paired"], with_image=False)
             mask = paired.text_mask.float()  # the same ids in both runs: one mask
             mu, logvar = latent.projector.text_to_mm(bare.hidden)
@@ -248,15 +259,16 @@ class LatentActionPretrain(VLMAgent):
             terms, diag = self._idm_terms(paired.hidden, paired, "")
             losses |= terms
             stats |= diag
-        text = self._views(batch["text"], with_image=False) if stage in _TEXT_STAGES else None
+        text = self._views(batch["text"], with_image=False) if stage in _TEXT_STAGES else None  # [] when not mixed
         if stage == "joint" and text is not None:
             terms, diag = self._idm_terms(latent.to_text_space(text.hidden), text, "_text")
             losses |= terms
             stats |= diag
-            cycle = cycle_nll(latent.projector, text.hidden, text.text_mask.float())
-            stats["cycle_nll"] = cycle.detach()
-            if hp.cycle_coef > 0:
-                losses["loss_cycle"] = hp.cycle_coef * cycle
+            if projects:
+                cycle = cycle_nll(latent.projector, text.hidden, text.text_mask.float())
+                stats["cycle_nll"] = cycle.detach()
+                if hp.cycle_coef > 0:
+                    losses["loss_cycle"] = hp.cycle_coef * cycle
         if stage == "policy_bc":
             bc, correct, count = [], 0.0, 0
             views = [(paired, paired.hidden)] if paired is not None else []
