@@ -143,6 +143,23 @@ def test_the_ablations_without_text_only_data_and_without_the_projector(store):
     assert not torch.equal(no_text.latent.to_text_space(h), h)
 
 
+def test_scoring_only_the_response_reads_codes_where_the_response_is_predicted(store):
+    from selu_lightning.data.store import TrajectoryStore
+
+    episodes = list(TrajectoryStore(store).iter_trajectories())
+    module = LatentActionPretrain(POLICY, "idm_warmup", minibatch_size=4, scored="response", **TINY_LATENT)
+    module.configure_model()
+    batch = next(iter(module.build_train_data(episodes)))
+    view = module._views(batch["paired"], with_image=True)
+    scored = module._scored(view)
+    for i, sample in enumerate(batch["paired"]):
+        start, n = sample["prompt"]["input_ids"].numel() - 1, sample["response"].numel()
+        assert scored[i].nonzero().flatten().tolist() == list(range(start, start + n))
+        assert view.targets[i, start : start + n].tolist() == sample["response"].tolist()
+    module.stage_losses(batch)
+    assert int(module._code_counts.sum()) == sum(s["response"].numel() for s in batch["paired"])
+
+
 def test_bad_stage_and_mismatched_checkpoints_fail_in_one_line(tmp_path, store):
     with pytest.raises(ConfigError, match="model.stage must be one of"):
         LatentActionPretrain(POLICY, "warmup")

@@ -31,6 +31,8 @@ class SequenceView:
     """[B, L] True at real, non-image tokens (where the projector's NLLs are scored)."""
     targets: torch.Tensor
     """[B, L] the next token where it is a text token, else -100 (where codes and CE are scored)."""
+    response_mask: torch.Tensor
+    """[B, L] True at the positions that predict a response token (the last prompt position and on)."""
 
     @property
     def target_mask(self) -> torch.Tensor:
@@ -57,10 +59,14 @@ def sequence_view(
     device = out.hidden.device
     width = out.hidden.shape[1]
     ids = torch.full((len(samples), width), -1, dtype=torch.long)
+    response = torch.zeros((len(samples), width), dtype=torch.bool)
     for i, (p, r) in enumerate(zip(prompts, responses)):
         seq = torch.cat([p["input_ids"].long(), r.long()])
         ids[i, : seq.numel()] = seq
+        start = p["input_ids"].numel() - 1
+        response[i, start : start + r.numel()] = True
     ids = ids.to(device)
     image_ids = torch.tensor(sorted(policy.suppress_token_ids), dtype=torch.long, device=device)
     text_mask = (ids >= 0) & ~torch.isin(ids, image_ids)
-    return SequenceView(out.hidden, ids.clamp(min=0), text_mask, next_token_targets(ids.clamp(min=0), text_mask))
+    targets = next_token_targets(ids.clamp(min=0), text_mask)
+    return SequenceView(out.hidden, ids.clamp(min=0), text_mask, targets, response.to(device))

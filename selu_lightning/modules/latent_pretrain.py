@@ -17,7 +17,7 @@ Data: the episodes the runner hands over (``DemonstrationDataModule`` / ``Latent
 frame give paired examples (prompt with frame + response); every step also gives a text-only example (the
 same prompt and response without the frame); stores without frames (ALFWorld / TextWorld transcripts) give
 text-only ones. Losses cover every text token of prompt + response (image placeholders and padding excluded),
-as the reference's.
+as the reference's, or with ``scored: response`` only the positions that predict the response.
 
 A stage's checkpoint keeps the whole latent space (not only what the stage trained) and its sizes; the next
 stage starts from it (``latent_init``), and ``LatentActionSpace(latent_checkpoint=...)`` acts with it.
@@ -85,6 +85,7 @@ class LatentActionPretrain(VLMAgent):
         readout: Readout = "additive",
         text_states: Literal["projected", "raw"] = "projected",
         text_data: bool = True,
+        scored: Literal["all", "response"] = "all",
         entropy_coef: float = 1e-3,
         nll_coef: float = 1e-5,
         cycle_coef: float = 1e-5,
@@ -118,6 +119,10 @@ class LatentActionPretrain(VLMAgent):
                 stage before; the RL run takes the last stage's.
             text_data: Mix text-only examples into ``joint`` and ``policy_bc`` (false: the "without text-only
                 data" ablation; paired batches only, no cycle loss).
+            scored: Where codes are read and the world-model CE, entropy term and BC are scored: every text token of
+                prompt and response (``all``, the reference's pretraining) or only the positions that predict a
+                response token (``response``: a space for one task's replies, whose codes need not spell out the
+                prompt).
             entropy_coef: Weight of the IDM's mean sum p log p (the paper: 1e-3).
             nll_coef: Weight of the projector NLLs in ``joint`` (the paper: 1e-5; ``projector_init`` uses 1).
             cycle_coef: Weight of the cycle-consistency NLL in ``joint`` (the paper: 1e-5; 0 ablates it).
@@ -215,11 +220,16 @@ class LatentActionPretrain(VLMAgent):
     def _views(self, samples: list[dict[str, Any]], with_image: bool) -> SequenceView | None:
         return sequence_view(self.policy, samples, with_image=with_image) if samples else None
 
+    def _scored(self, view: SequenceView) -> torch.Tensor:
+        """[B, L] where this run scores codes: every text target, or those predicting response tokens."""
+        mask = view.target_mask
+        return mask & view.response_mask if self.hparams.scored == "response" else mask
+
     def _recon(self, x: torch.Tensor, codes_vec: torch.Tensor, view: SequenceView) -> tuple[torch.Tensor, torch.Tensor]:
-        """World-model CE at the target positions, and the base LM's CE there (no grad) for comparison."""
+        """World-model CE at the scored positions, and the base LM's CE there (no grad) for comparison."""
         hf = self.policy.hf_model
         norm, head = vlm_norm(hf), vlm_lm_head(hf)
-        mask = view.target_mask
+        mask = self._scored(view)
         xs, targets = x[mask], view.targets[mask]
         logits = self.latent.world.logits(xs, codes_vec[mask], norm, head)
         with torch.no_grad():
@@ -231,7 +241,7 @@ class LatentActionPretrain(VLMAgent):
         idm_logits = latent.idm(x)
         one_hot, _ = straight_through_gumbel(idm_logits, latent.config.tau)
         recon, base = self._recon(x, latent.codebook(one_hot), view)
-        mask = view.target_mask
+        mask = self._scored(view)
         self._count_codes(idm_logits.detach().argmax(-1)[mask])
         losses = {f"loss_recon{tag}": recon}
         if hp.entropy_coef > 0:
@@ -275,7 +285,7 @@ class LatentActionPretrain(VLMAgent):
             if text is not None:
                 views.append((text, latent.to_text_space(text.hidden)))
             for view, x in views:
-                mask = view.target_mask
+                mask = self._scored(view)
                 with torch.no_grad():
                     target = latent.idm(x).argmax(-1)[mask]  # softmax argmax, no noise (as the reference)
                 logits = latent.policy(x)[mask]
@@ -289,7 +299,7 @@ class LatentActionPretrain(VLMAgent):
             with torch.no_grad():
                 codes = latent.policy(paired.hidden).argmax(-1)
             recon, base = self._recon(paired.hidden, latent.codebook.embed(codes), paired)
-            self._count_codes(codes[paired.target_mask])
+            self._count_codes(codes[self._scored(paired)])
             losses["loss_recon"] = recon
             stats["recon_ce"], stats["base_ce"] = recon.detach(), base
         if not losses:
