@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from selu_lightning.errors import ConfigError
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -27,9 +29,14 @@ def test_counts_what_a_sampling_policy_writes_for_copies_of_one_state(tmp_path, 
     assert 1 <= result["distinct_actions_per_state"] <= result["distinct_responses_per_state"] <= 6
     assert result["distinct_responses_per_state"] > 1  # random weights sample different candidates
 
-    # The checkpoint is loaded whole: one that lacks part of the module fails instead of measuring fresh weights.
+    # A checkpoint's trained weights are what is measured; one lacking some fails instead of measuring fresh ones.
     module, _ = diversity.build("configs/quickstart.yaml", None, [])
-    bad = {k: v for k, v in module.state_dict().items() if "value_head" not in k}
-    torch.save({"state_dict": bad}, tmp_path / "bad.ckpt")
-    with pytest.raises(RuntimeError, match="value_head"):
-        diversity.build("configs/quickstart.yaml", str(tmp_path / "bad.ckpt"), [])
+    trained = {k: v + 1.0 for k, v in module.state_dict().items() if k.startswith("policy.value_head")}
+    torch.save({"state_dict": trained}, tmp_path / "heads.ckpt")
+    with pytest.raises(ConfigError, match="lacks"):
+        diversity.build("configs/quickstart.yaml", str(tmp_path / "heads.ckpt"), [])
+    full = {k: v + 1.0 for k, v in module.state_dict().items() if v.is_floating_point()}
+    torch.save({"state_dict": full}, tmp_path / "full.ckpt")
+    loaded, _ = diversity.build("configs/quickstart.yaml", str(tmp_path / "full.ckpt"), [])
+    name = next(iter(full))
+    assert torch.equal(loaded.state_dict()[name], full[name])

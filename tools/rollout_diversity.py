@@ -32,9 +32,10 @@ def build(config: str, ckpt_path: str | None, overrides: list[str]) -> tuple[Any
     cli = SeluCLI(args=["-c", config, "--trainer.logger=false", *overrides], run=False)
     module, data = cli.model, cli.datamodule
     module.configure_model()
-    if ckpt_path is not None:
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"]
-        module.load_state_dict(state, strict=True)
+    if ckpt_path is not None:  # as the trainer loads it: the module's own checks, then its trained weights
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        module.on_load_checkpoint(checkpoint)
+        module.load_state_dict(checkpoint["state_dict"], strict=module.strict_loading)
     module.eval()
     return module, data
 
