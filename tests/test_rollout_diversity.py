@@ -26,7 +26,7 @@ def test_counts_what_a_sampling_policy_writes_for_copies_of_one_state(tmp_path, 
     diversity.main(["-c", "configs/quickstart.yaml", "--states", "3", "--samples", "6", f"--out={out}"])
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result == json.loads(out.read_text())
-    assert 1 <= result["distinct_actions_per_state"] <= result["distinct_responses_per_state"] <= 6
+    assert 0 <= result["distinct_actions_per_state"] <= result["distinct_responses_per_state"] <= 6
     assert result["distinct_responses_per_state"] > 1  # random weights sample different candidates
 
     # A checkpoint's trained weights are what is measured; one lacking some fails instead of measuring fresh ones.

@@ -41,7 +41,8 @@ def build(config: str, ckpt_path: str | None, overrides: list[str]) -> tuple[Any
 
 
 def diversity(module: Any, data: Any, states: int, samples: int, seed: int) -> dict[str, float]:
-    """Mean distinct responses / actions per state and the mean parse-failure rate of the samples."""
+    """Mean distinct responses per state, distinct actions the policy wrote (replies that parse; a failed one
+    plays a random fallback, not the policy's choice), and the samples' mean parse-failure rate."""
     pool = EnvPool(data.env, samples, seed=seed, stream="diversity", env_kwargs=data.eval_env_kwargs)
     rng = np.random.default_rng(seed_stream(seed, "diversity", 0, 0, 1))
     responses, actions, failures = [], [], []
@@ -50,7 +51,7 @@ def diversity(module: Any, data: Any, states: int, samples: int, seed: int) -> d
         pool.reset_to([start] * samples)
         decisions = module.decide(pool.states, pool.task_description, greedy=False, rng=rng)
         responses.append(len({d.text for d in decisions}))
-        actions.append(len({d.env_action for d in decisions}))
+        actions.append(len({d.env_action for d in decisions if not d.parse_failed}))  # not the random fallback
         failures.append(mean(float(d.parse_failed) for d in decisions))
     return {
         "distinct_responses_per_state": float(mean(responses)),
