@@ -187,7 +187,16 @@ def one_seed(
                                               f"--ckpt_path={last}", f"--out={diversity / 'diversity.json'}", "--",
                                               f"--model.policy.init_from={sft_last}", *space, *seeds], diversity)  # fmt: skip
         row[f"{algorithm}_diversity"] = json.loads((diversity / "diversity.json").read_text())
+        row[f"{algorithm}_trained_parameters"] = trained_parameters(last)
     return {**row, "timings_s": stages.timings}
+
+
+def trained_parameters(checkpoint: Path) -> int:
+    """Parameters the RL run trained: a checkpoint keeps only those (``VLMAgent.on_save_checkpoint``)."""
+    import torch
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    return int(sum(v.numel() for v in state.values()))
 
 
 def _spread(xs: list[float]) -> str:
@@ -260,8 +269,8 @@ def algorithm_table(summary: list[dict[str, Any]], algorithms: list[str], docs: 
 
     lines = [
         "| env | algorithm | seeds | SFT success | after RL | gain (points) | parse failures after "
-        "| distinct responses / actions per state | RL minutes |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| distinct responses / actions per state | trained parameters | RL minutes |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for env in dict.fromkeys(r["env"] for r in summary):
         curves = []
@@ -277,10 +286,12 @@ def algorithm_table(summary: list[dict[str, Any]], algorithms: list[str], docs: 
             spread = [r[f"{algorithm}_diversity"] for r in rows if f"{algorithm}_diversity" in r]
             diverse = (f"{mean(d['distinct_responses_per_state'] for d in spread):.2f} / "
                        f"{mean(d['distinct_actions_per_state'] for d in spread):.2f}") if spread else "-"  # fmt: skip
+            counts = {r[f"{algorithm}_trained_parameters"] for r in rows if f"{algorithm}_trained_parameters" in r}
+            trained = ", ".join(f"{c / 1e3:.1f} K" for c in sorted(counts)) or "-"
             lines.append(
                 f"| {env} | {algorithm} | {', '.join(str(r['seed']) for r in rows)} | {_spread(sft)} | {_spread(after)} "
                 f"| {mean(gain):+.1f} ({' / '.join(f'{g:+.1f}' for g in gain)}) | {failures:.3f} | {diverse} "
-                f"| {min(minutes):.1f}-{max(minutes):.1f} |"
+                f"| {trained} | {min(minutes):.1f}-{max(minutes):.1f} |"
             )
             scalars = [read_scalars(r[f"{algorithm}_run"]) for r in rows]
             curves.append((f"{algorithm} (mean of {len(rows)} seeds)", _mean_curves(scalars, CURVE_TAGS)))
