@@ -186,3 +186,27 @@ def test_idm_warmup_learns_codes_that_carry_the_next_token(store):
         torch.stack(list(losses.values())).sum().backward()
         optimizer.step()
     assert stats["recon_ce"] < stats["base_ce"] - 0.3
+
+
+def test_the_space_report_counts_the_tokens_codes_can_reach(store):
+    """tools/latent_space_report.py: a fresh additive space is the base LM whatever the code (one reachable
+    token per position, the base LM's accuracy); once the merges move, codes reach other tokens."""
+    import importlib.util
+    from pathlib import Path
+
+    from selu_lightning.data.store import TrajectoryStore
+
+    spec = importlib.util.spec_from_file_location("latent_space_report", Path(__file__).parents[1] / "tools/latent_space_report.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    episodes = TrajectoryStore(store).read()
+    torch.manual_seed(0)
+    module = LatentActionPretrain(POLICY, "policy_bc", **TINY_LATENT)
+    module.configure_model()
+    fresh = tool.report(module, episodes, examples=4, show=3)
+    assert fresh["tokens_reachable_per_position"] == 1.0 and fresh["choices"] == {}
+    assert fresh["world_accuracy_idm_codes"] == fresh["world_accuracy_policy_codes"] == pytest.approx(fresh["base_lm_accuracy"])
+    for block in module.latent.world.blocks:
+        torch.nn.init.normal_(block.proj.weight, std=5.0)
+    moved = tool.report(module, episodes, examples=4, show=3)
+    assert moved["tokens_reachable_per_position"] > 1.0 and 0 < len(moved["choices"]) <= 3
