@@ -23,6 +23,7 @@ from selu_lightning.latent import (
     straight_through_gumbel,
     world_logits,
 )  # fmt: skip
+from selu_lightning.latent.policy import outcome_logprobs
 from selu_lightning.latent.projector import CrossModalProjector
 
 D, K = 8, 8
@@ -166,6 +167,17 @@ def test_code_sampling_and_scoring():
     logp, ent = code_logprobs(logits[:1], torch.tensor([2]), temperature=2.0)
     ref = torch.log_softmax(logits[0] / 2.0, -1)
     assert logp.item() == pytest.approx(ref[2].item()) and ent.item() == pytest.approx(-(ref.exp() * ref).sum().item())
+
+
+def test_outcome_log_probs_sum_the_codes_that_decode_alike():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    same = torch.tensor([[True, False, True, False]])
+    grouped, ent = outcome_logprobs(logits, same, temperature=2.0)
+    p = torch.softmax(logits[0] / 2.0, -1)
+    assert grouped.item() == pytest.approx(math.log(p[0] + p[2]), rel=1e-6)
+    assert ent.item() == pytest.approx(-(p * p.log()).sum().item(), rel=1e-6)
+    everything, _ = outcome_logprobs(logits, torch.ones(1, 4, dtype=torch.bool), temperature=1.0)
+    assert everything.item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_latent_config_is_checked():

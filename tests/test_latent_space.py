@@ -102,6 +102,37 @@ def test_text_only_prompts_act_through_the_projector(ckpt):
     assert ev.logprobs[0].item() == pytest.approx(decisions[0].logprob, abs=1e-5)
 
 
+def test_token_log_probs_sum_the_codes_that_decode_the_same_token(ckpt, tmp_path):
+    agent = module(ckpt, logprob="token")
+    agent.configure_model()
+    pool = EnvPool("numberline", 2, seed=4)
+    pool.reset()
+    # The checkpoint's merges are fresh (additive read-out: the base LM whatever the code): every code gives
+    # the same token, so each outcome is certain and log pi is 0, while the codes' own log-probs are not.
+    decisions = agent.decide(pool.states, pool.task_description, greedy=False, rng=np.random.default_rng(0))
+    for d in decisions:
+        same = d.sample["same_codes"]
+        assert same.shape == (d.sample["codes"].numel(), 8) and same.all()
+        assert d.logprob == pytest.approx(0.0, abs=1e-5)
+    code_space = module(ckpt)
+    code_space.configure_model()
+    code_ev = code_space.action_space.evaluate(code_space.policy, [{k: v for k, v in decisions[0].sample.items()
+                                                                     if k != "same_codes"}], with_entropy=False)  # fmt: skip
+    assert code_ev.logprobs[0].item() < -0.1
+    # Once codes reach different tokens, only the codes that gave the decoded token count.
+    for block in agent.action_space.latent.world.blocks:
+        torch.nn.init.normal_(block.proj.weight, std=5.0)
+    decisions = agent.decide(pool.states, pool.task_description, greedy=False, rng=np.random.default_rng(1))
+    same = torch.cat([d.sample["same_codes"] for d in decisions])
+    codes = torch.cat([d.sample["codes"] for d in decisions])
+    assert same[torch.arange(len(codes)), codes].all() and not same.all()
+    rec = LossRecorder(agent)
+    cpu_trainer(tmp_path).fit(agent, tiny_data())
+    assert rec.stats[0]["ratio_max_abs_log"] < 1e-4  # invariant 1 with outcome log-probs
+    with pytest.raises(ConfigError, match="logprob"):
+        LatentActionSpace(ckpt, logprob="codes")
+
+
 def test_a_latent_checkpoint_of_another_backbone_is_refused(ckpt, tmp_path):
     other = module(ckpt, policy=dataclasses.replace(POLICY, model_name_or_path="tiny:idefics3"))
     with pytest.raises(ConfigError, match="latent_checkpoint was built on 'tiny:llava'"):
@@ -227,7 +258,7 @@ def test_a_decoded_batch_gives_each_row_what_it_gets_alone(model, tmp_path, monk
     assert len({int(p["input_ids"].numel()) for p in prompts}) > 1  # padding is exercised
     for row, (d, prompt) in enumerate(zip(batched, prompts)):
         seen.clear()
-        [(tokens, codes)] = agent.action_space.decode(agent.policy, [prompt], greedy=True)
+        [(tokens, codes, _)] = agent.action_space.decode(agent.policy, [prompt], greedy=True)
         assert torch.equal(tokens, d.sample["response"]) and torch.equal(codes, d.sample["codes"])
         alone = torch.cat(seen)  # [steps, K]
         torch.testing.assert_close(steps[: len(alone), row], alone, atol=1e-4, rtol=1e-4)

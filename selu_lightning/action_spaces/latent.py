@@ -38,7 +38,7 @@ from selu_lightning.latent.model import (
     vlm_lm_head,
     vlm_norm,
 )
-from selu_lightning.latent.policy import code_logprobs, sample_codes
+from selu_lightning.latent.policy import code_logprobs, outcome_logprobs, sample_codes
 from selu_lightning.policy.vlm import BackboneOutput, PromptSample, VLMPolicy
 
 __all__ = ["LATENT_CONFIG_KEY", "LatentActionSpace"]
@@ -62,6 +62,7 @@ class LatentActionSpace(TextActionSpace):
         action_parsing: Literal["rl4vlm", "strict"] = "rl4vlm",
         train_final_norm: bool = True,
         decode_batch_size: int = 16,
+        logprob: Literal["code", "token"] = "code",
     ) -> None:
         """
         Args:
@@ -84,6 +85,10 @@ class LatentActionSpace(TextActionSpace):
             decode_batch_size: Responses decoded together (one backbone step per token for the whole batch);
                 1: one at a time, no padding. Backbones with multimodal rotary positions always decode one at a
                 time.
+            logprob: What a position contributes to log pi: the chosen code's log-prob (``code``, the paper's), or
+                the log of the summed probability of every code that decodes to the same token there (``token``:
+                the probability of what happened; where all codes give one token it is 0, so codes that change
+                nothing add no noise to the policy gradient). ``token`` reads out all K codes per decoded token.
         """
         super().__init__(
             temperature=temperature, max_new_tokens=max_new_tokens, cot_weight=cot_weight, template=template,
@@ -96,6 +101,9 @@ class LatentActionSpace(TextActionSpace):
             raise ConfigError(f"model.action_space.init_args.top_k must be >= 0 (got {top_k})")
         if decode_batch_size < 1:
             raise ConfigError(f"model.action_space.init_args.decode_batch_size must be >= 1 (got {decode_batch_size})")
+        if logprob not in ("code", "token"):
+            raise ConfigError(f"model.action_space.init_args.logprob must be 'code' or 'token' (got {logprob!r})")
+        self.logprob = logprob
         self.decode_batch_size = decode_batch_size
         self.latent_checkpoint = latent_checkpoint
         self.top_k = top_k
@@ -186,8 +194,9 @@ class LatentActionSpace(TextActionSpace):
         size = self.decode_batch_size if not _multimodal_rope(policy.hf_model) else 1
         decoded = [row for i in range(0, len(prompts), size)
                    for row in self.decode(policy, prompts[i : i + size], greedy=greedy, generator=generator)]  # fmt: skip
-        responses = [tokens for tokens, _ in decoded]
-        return self.decisions(policy, prompts, responses, legal_actions, rng, extras=[{"codes": c} for _, c in decoded])
+        responses = [tokens for tokens, _, _ in decoded]
+        extras = [{"codes": c} if same is None else {"codes": c, "same_codes": same} for _, c, same in decoded]
+        return self.decisions(policy, prompts, responses, legal_actions, rng, extras=extras)
 
     def decode(
         self,
@@ -196,10 +205,11 @@ class LatentActionSpace(TextActionSpace):
         *,
         greedy: bool,
         generator: torch.Generator | None = None,
-    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         """Responses to ``prompts``, decoded together: per step a code per row (argmax when ``greedy``, else
         top-k sampled), then the world model's most likely token given it; a row stops after its EOS. Returns
-        per row (token ids, codes), both on the CPU.
+        per row (token ids, codes, and with ``logprob: token`` a [tokens, K] bool of the codes that would have
+        decoded the same token, else None), on the CPU.
 
         Rows are left-padded; position ids count each row's real tokens (as ``generate`` sets them), and the code
         policy's attention hides the padding, so a row decodes as it would alone up to float rounding. A batch of
@@ -222,19 +232,30 @@ class LatentActionSpace(TextActionSpace):
         rows = len(prompts)
         tokens: list[list[int]] = [[] for _ in range(rows)]
         codes: list[list[int]] = [[] for _ in range(rows)]
+        same: list[list[torch.Tensor]] = [[] for _ in range(rows)]
         running = [True] * rows
+
+        def read_out(state: torch.Tensor, code_vectors: torch.Tensor, step: int) -> torch.Tensor:
+            token_logits = latent.world.logits(state, code_vectors, norm, head)
+            if banned:
+                token_logits[..., banned] = float("-inf")
+            if step < self.min_new_tokens and eos:
+                token_logits[..., eos] = float("-inf")
+            return token_logits.argmax(-1)
+
+        k = latent.config.num_codes
         for step in range(self.max_new_tokens):
             code = logits.argmax(-1) if greedy else sample_codes(logits, self.temperature, self.top_k, generator)
-            token_logits = latent.world.logits(x[:, -1], latent.codebook.embed(code), norm, head)
-            if banned:
-                token_logits[:, banned] = float("-inf")
-            if step < self.min_new_tokens and eos:
-                token_logits[:, eos] = float("-inf")
-            token = token_logits.argmax(-1)
+            token = read_out(x[:, -1], latent.codebook.embed(code), step)
+            if self.logprob == "token":  # every code's token at this step: [rows, K]
+                every = read_out(x[:, -1, None].expand(-1, k, -1), latent.codebook.weight[None].expand(rows, -1, -1), step)
+                alike = (every == token[:, None]).cpu()
             for i, (t, c) in enumerate(zip(token.tolist(), code.tolist())):
                 if running[i]:
                     tokens[i].append(t)
                     codes[i].append(c)
+                    if self.logprob == "token":
+                        same[i].append(alike[i])
                     running[i] = t not in policy.eos_token_ids
             if not any(running) or step + 1 == self.max_new_tokens:
                 break
@@ -249,7 +270,8 @@ class LatentActionSpace(TextActionSpace):
             cache = _cache_of(out)
             x = self._states(out.last_hidden_state)
             logits = latent.policy(x, cache=policy_cache, key_mask=key_mask)[:, -1]
-        return [(torch.tensor(t, dtype=torch.long), torch.tensor(c, dtype=torch.long)) for t, c in zip(tokens, codes)]
+        return [(torch.tensor(t, dtype=torch.long), torch.tensor(c, dtype=torch.long),
+                 torch.stack(m) if self.logprob == "token" else None) for t, c, m in zip(tokens, codes, same)]  # fmt: skip
 
     # ------------------------------------------------------------------ update
     def evaluate(self, policy: VLMPolicy, samples: Sequence[dict[str, Any]], *, with_entropy: bool) -> Evaluation:
@@ -260,7 +282,11 @@ class LatentActionSpace(TextActionSpace):
         # The positions that predicted each response token are where its code was chosen.
         per_token = BackboneOutput(logits, out.prompt_lens, out.cont_lens).continuation_hidden()
         codes = torch.cat([s["codes"] for s in samples]).to(per_token.device)
-        logp, ent = code_logprobs(per_token, codes, self.temperature)
+        if all("same_codes" in s for s in samples):  # rolled out with logprob: token
+            same = torch.cat([s["same_codes"] for s in samples]).to(per_token.device)
+            logp, ent = outcome_logprobs(per_token, same, self.temperature)
+        else:
+            logp, ent = code_logprobs(per_token, codes, self.temperature)
         token_logprobs = list(logp.split(out.cont_lens))
         logprobs = torch.stack([(lp * s["weights"].to(lp.device)).sum() for lp, s in zip(token_logprobs, samples)])
         entropy = None

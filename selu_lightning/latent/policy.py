@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["code_logprobs", "sample_codes"]
+__all__ = ["code_logprobs", "outcome_logprobs", "sample_codes"]
 
 
 def sample_codes(
@@ -32,3 +32,15 @@ def code_logprobs(logits: torch.Tensor, codes: torch.Tensor, temperature: float)
     chosen = logp.gather(-1, codes.long().unsqueeze(-1)).squeeze(-1)
     entropy = -(logp.exp() * logp).sum(-1)
     return chosen, entropy
+
+
+def outcome_logprobs(
+    logits: torch.Tensor, same: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 log of the total probability of the codes in ``same`` ([..., K] bool: the codes that decode to the
+    token that was decoded), under softmax(logits / T), and the code entropy, per position. The chosen code is
+    always in ``same``, so this is >= its own log pi."""
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    grouped = torch.logsumexp(logp.masked_fill(~same.to(logp.device), float("-inf")), dim=-1)
+    entropy = -(logp.exp() * logp).sum(-1)
+    return grouped, entropy
