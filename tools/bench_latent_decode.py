@@ -7,6 +7,10 @@ write the same tokens, a fixed number per response (EOS is banned until ``--new-
 
     python tools/bench_latent_decode.py                        # CPU, tiny LLaVA, 16 prompts, 32 tokens each
     python tools/bench_latent_decode.py --model tiny:llava_next --prompts 32 --device cuda
+    python tools/bench_latent_decode.py --batch-sizes 16 --logprobs code token   # the cost of logprob: token
+
+``logprob: token`` reads out every code's token at each step (to score the decoded token's total probability);
+``--logprobs`` times each setting in the same run.
 
 Prints a table, then one JSON line (``speedup`` of the batch over one at a time).
 """
@@ -55,6 +59,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--logprobs", nargs="+", default=["code"], choices=["code", "token"])
     args = parser.parse_args()
     policy = PolicyConfig(args.model, lora=None, value_head_widths=[16])
     pool = EnvPool(args.env, args.prompts, seed=0)
@@ -62,17 +67,22 @@ def main() -> None:
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = str(latent_checkpoint(Path(tmp) / "latent.ckpt", policy))
-        print(f"{'decode_batch_size':>17} {'s per act':>10} {'tokens/s':>9} {'speedup':>8}")
-        for size in args.batch_sizes:
-            space = LatentActionSpace(ckpt, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
-                                      decode_batch_size=size)  # fmt: skip
-            agent = ActorPPO(policy, space)
-            agent.configure_model()
-            agent.to(args.device)
-            seconds = _seconds(agent, pool, args.repeats)
-            rows[size] = {"s_per_act": round(seconds, 3), "tokens_per_s": round(args.prompts * args.new_tokens / seconds, 1)}
-            rows[size]["speedup"] = round(rows[args.batch_sizes[0]]["s_per_act"] / seconds, 2)
-            print(f"{size:>17} {seconds:>10.3f} {rows[size]['tokens_per_s']:>9.1f} {rows[size]['speedup']:>8.2f}", flush=True)
+        print(f"{'decode_batch_size':>17} {'logprob':>8} {'s per act':>10} {'tokens/s':>9} {'speedup':>8}")
+        first = None
+        for logprob in args.logprobs:
+            for size in args.batch_sizes:
+                space = LatentActionSpace(ckpt, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+                                          decode_batch_size=size, logprob=logprob)  # fmt: skip
+                agent = ActorPPO(policy, space)
+                agent.configure_model()
+                agent.to(args.device)
+                seconds = _seconds(agent, pool, args.repeats)
+                key = f"{size}/{logprob}"
+                first = first or seconds
+                rows[key] = {"s_per_act": round(seconds, 3), "tokens_per_s": round(args.prompts * args.new_tokens / seconds, 1),
+                             "speedup": round(first / seconds, 2)}  # fmt: skip
+                print(f"{size:>17} {logprob:>8} {seconds:>10.3f} {rows[key]['tokens_per_s']:>9.1f} {rows[key]['speedup']:>8.2f}",
+                      flush=True)  # fmt: skip
     print(json.dumps({"bench": "latent_decode", "date": str(date.today()), "machine": platform.processor() or
                       platform.machine(), "threads": torch.get_num_threads(), **vars(args), "rows": rows}))  # fmt: skip
 
