@@ -3,9 +3,11 @@ token from (context, code) greedily. PPO / GRPO then act on codes, and only the 
 VLM's final norm, as the reference) and the value head train.
 
 ``log pi = cot_weight * sum log pi(code) over thought tokens + sum over action tokens``: RL4VLM's lambda, with
-the action boundary found in the decoded text as :class:`TextActionSpace` finds it. The codes are stored with
-the response ids and re-scored by the same teacher-forced pass in rollout and update, so the first PPO ratio is
-1 for codes as for tokens.
+the action boundary found in the decoded text as :class:`TextActionSpace` finds it. With ``logprob: token`` a
+position's term is instead log of the summed probability of the codes that decode the same token there (which
+codes those were is found at rollout, by reading out all K, and stored). The codes are stored with the response
+ids and re-scored by the same teacher-forced pass in rollout and update, so the first PPO ratio is 1 for codes as
+for tokens.
 
 Swap by config: ``model.action_space: {class_path: selu_lightning.action_spaces.LatentActionSpace,
 init_args: {latent_checkpoint: <LatentActionPretrain policy_bc run>/checkpoints/last.ckpt}}``.
