@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def tool():
+    """The tool as ``python tools/rollout_diversity.py`` loads it: its folder (``config_tool``) on the import path."""
+    if str(ROOT / "tools") not in sys.path:
+        sys.path.insert(0, str(ROOT / "tools"))
     spec = importlib.util.spec_from_file_location("rollout_diversity", ROOT / "tools/rollout_diversity.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -40,3 +44,15 @@ def test_counts_what_a_sampling_policy_writes_for_copies_of_one_state(tmp_path, 
     loaded, _ = diversity.build("configs/quickstart.yaml", str(tmp_path / "full.ckpt"), [])
     name = next(iter(full))
     assert torch.equal(loaded.state_dict()[name], full[name])
+
+
+def test_the_tools_split_their_own_options_from_config_options(tmp_path, capsys):
+    tool()  # puts tools/ on the import path
+    from config_tool import emit, split_argv
+
+    assert split_argv(["-c", "x.yaml", "--states", "3"]) == (["-c", "x.yaml", "--states", "3"], [])
+    assert split_argv(["-c", "x.yaml", "--", "--model.a=1", "--", "b"]) == (["-c", "x.yaml"], ["--model.a=1", "--", "b"])
+    assert split_argv(["--"]) == ([], [])
+    out = tmp_path / "deep" / "r.json"
+    emit({"a": 1.5}, out)
+    assert json.loads(capsys.readouterr().out) == json.loads(out.read_text()) == {"a": 1.5}

@@ -15,15 +15,13 @@ to a file), with the reply positions whose codes reach more than one token (``--
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from selu_lightning.cli import SeluCLI
+from config_tool import build_cli, emit, split_argv
 from selu_lightning.data.store import TrajectoryStore
 from selu_lightning.latent import vlm_lm_head, vlm_norm
 from selu_lightning.latent.views import sequence_view
@@ -75,16 +73,14 @@ def report(module: Any, episodes: list, examples: int, show: int) -> dict[str, A
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    overrides = argv[argv.index("--") + 1 :] if "--" in argv else []
-    own = argv[: argv.index("--")] if "--" in argv else argv
+    own, overrides = split_argv(argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-c", "--config", required=True, help="a LatentActionPretrain recipe")
     parser.add_argument("--examples", type=int, default=48, help="demonstration steps to read")
     parser.add_argument("--show", type=int, default=10, help="most frequent choice positions to list")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(own)
-    cli = SeluCLI(args=["-c", args.config, "--trainer.logger=false", *overrides], run=False)
+    cli = build_cli(args.config, overrides)
     module = cli.model
     if getattr(module, "latent_config", None) is None or module.hparams.get("latent_init") is None:
         parser.error("the config must build a LatentActionPretrain with --model.latent_init=<checkpoint>")
@@ -92,11 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     module.eval()
     episodes = TrajectoryStore(cli.datamodule.demonstrations).read()
     result = report(module, episodes, args.examples, args.show)
-    line = json.dumps({"latent_init": module.hparams.latent_init, **result})
-    print(line)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(line + "\n")
+    emit({"latent_init": module.hparams.latent_init, **result}, args.out)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,6 @@ writes it to a file.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 from statistics import mean
 from typing import Any
@@ -23,21 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from selu_lightning.cli import SeluCLI
+from config_tool import build, emit, split_argv
 from selu_lightning.envs.pool import EnvPool, seed_stream
-
-
-def build(config: str, ckpt_path: str | None, overrides: list[str]) -> tuple[Any, Any]:
-    """The config's module (weights from ``ckpt_path``) and datamodule, built as ``selu fit`` builds them."""
-    cli = SeluCLI(args=["-c", config, "--trainer.logger=false", *overrides], run=False)
-    module, data = cli.model, cli.datamodule
-    module.configure_model()
-    if ckpt_path is not None:  # as the trainer loads it: the module's own checks, then its trained weights
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        module.on_load_checkpoint(checkpoint)
-        module.load_state_dict(checkpoint["state_dict"], strict=module.strict_loading)
-    module.eval()
-    return module, data
 
 
 def diversity(module: Any, data: Any, states: int, samples: int, seed: int) -> dict[str, float]:
@@ -63,9 +48,7 @@ def diversity(module: Any, data: Any, states: int, samples: int, seed: int) -> d
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    overrides = argv[argv.index("--") + 1 :] if "--" in argv else []
-    own = argv[: argv.index("--")] if "--" in argv else argv
+    own, overrides = split_argv(argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-c", "--config", required=True)
     parser.add_argument("--ckpt_path", default=None, help="weights to load (default: the config's own start)")
@@ -79,11 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     module, data = build(args.config, args.ckpt_path, overrides)
     with torch.no_grad():
         result = diversity(module, data, args.states, args.samples, args.seed)
-    line = json.dumps({"config": args.config, "ckpt_path": args.ckpt_path, **result})
-    print(line)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(line + "\n")
+    emit({"config": args.config, "ckpt_path": args.ckpt_path, **result}, args.out)
 
 
 if __name__ == "__main__":
