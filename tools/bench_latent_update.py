@@ -5,7 +5,9 @@ every weight, or its LoRA adapters with ``--lora-r``) and ``LatentActionSpace`` 
 and the value head train; latent weights random, which does not change the cost). Each fills a buffer with its own
 rollout (responses of exactly ``--new-tokens`` tokens), then one PPO pass over it in length-grouped minibatches
 (``tools/bench_update.py``'s update loop). The figure is update seconds per transition, latent over token (the
-paper reports x0.86), and the trainable parameters of each.
+paper reports x0.86), and the trainable parameters of each. ``--algorithms ppo grpo`` adds the GRPO recipes'
+update (no value head; the k3 KL to the frozen start at ``kl_coef`` 0.01, which costs a reference pass), each row
+as a ratio to token PPO.
 
     python tools/bench_latent_update.py                         # CPU, tiny LLaVA, full fine-tuning
     python tools/bench_latent_update.py --lora-r 8 --model tiny:llava_next
@@ -36,8 +38,12 @@ from bench_update import make_buffer, run_update  # noqa: E402
 from latent_helpers import latent_checkpoint  # noqa: E402  (a LatentActionPretrain checkpoint, random latent weights)
 
 
-def _module(policy: PolicyConfig, space, device: str, dtype: str) -> ActorPPO:
-    module = ActorPPO(policy, space, minibatch_size=16, ppo_epochs=1)
+#: What each algorithm's recipe (configs/rl4vlm_cpu/ppo_*, configs/group/grpo_*) sets beyond the defaults.
+RECIPE = {"ppo": {}, "grpo": {"algorithm": "grpo", "kl_coef": 0.01}}
+
+
+def _module(policy: PolicyConfig, space, device: str, dtype: str, algorithm: str) -> ActorPPO:
+    module = ActorPPO(policy, space, minibatch_size=16, ppo_epochs=1, **RECIPE[algorithm])
     module.configure_model()
     module.to(device=device, dtype=getattr(torch, dtype))
     module.train()
@@ -55,34 +61,43 @@ def main() -> None:
     parser.add_argument("--minibatch", type=int, default=16)
     parser.add_argument("--lora-r", type=int, default=0, help="LoRA rank of the token run (0: full fine-tuning)")
     parser.add_argument("--repeats", type=int, default=3, help="update passes timed per space (the fastest is kept)")
+    parser.add_argument("--algorithms", nargs="+", default=["ppo"], choices=sorted(RECIPE),
+                        help="update rules to time (ratios are to token PPO, which always runs)")  # fmt: skip
     args = parser.parse_args()
+    algorithms = ["ppo", *(a for a in args.algorithms if a != "ppo")]
     torch.manual_seed(0)
     lora = LoraSettings(r=args.lora_r, alpha=2 * args.lora_r) if args.lora_r else None
-    policy = PolicyConfig(args.model, lora=lora, freeze=[] if lora else ["vision_tower"], value_head_widths=[64])
     n = args.new_tokens
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
-        spaces = {
-            "token": TextActionSpace(temperature=1.0, max_new_tokens=n, min_new_tokens=n),
-            "latent": LatentActionSpace(str(latent_checkpoint(Path(tmp) / "latent.ckpt", policy)), max_new_tokens=n,
-                                        min_new_tokens=n),
-        }  # fmt: skip
-        for name, space in spaces.items():
-            module = _module(policy, space, args.device, args.dtype)
-            items = make_buffer(module, args.env, min(args.buffer, 16), args.buffer)
-            run_update(module, items[: args.minibatch], args.minibatch, 1, 8)  # warm-up
-            seconds = min(run_update(module, items, args.minibatch, 1, 8)["seconds"] for _ in range(args.repeats))
-            trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
-            rows[name] = {"transitions": len(items), "update_s_per_transition": seconds / len(items),
-                          "trainable_parameters": trainable}  # fmt: skip
-    ratio = rows["latent"]["update_s_per_transition"] / rows["token"]["update_s_per_transition"]
-    params = rows["token"]["trainable_parameters"] / rows["latent"]["trainable_parameters"]
+        for algorithm in algorithms:
+            heads = [64] if algorithm == "ppo" else None  # the group algorithms have no value head
+            policy = PolicyConfig(args.model, lora=lora, freeze=[] if lora else ["vision_tower"], value_head_widths=heads)
+            spaces = {
+                "token": TextActionSpace(temperature=1.0, max_new_tokens=n, min_new_tokens=n),
+                "latent": LatentActionSpace(str(latent_checkpoint(Path(tmp) / f"latent_{algorithm}.ckpt", policy)),
+                                            max_new_tokens=n, min_new_tokens=n),
+            }  # fmt: skip
+            for name, space in spaces.items():
+                module = _module(policy, space, args.device, args.dtype, algorithm)
+                items = make_buffer(module, args.env, min(args.buffer, 16), args.buffer)
+                run_update(module, items[: args.minibatch], args.minibatch, 1, 8)  # warm-up
+                seconds = min(run_update(module, items, args.minibatch, 1, 8)["seconds"] for _ in range(args.repeats))
+                trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+                rows[f"{name} {algorithm}"] = {"transitions": len(items), "update_s_per_transition": seconds / len(items),
+                                               "trainable_parameters": trainable}  # fmt: skip
+    base = rows["token ppo"]
+    for row in rows.values():
+        row["time_ratio_to_token_ppo"] = row["update_s_per_transition"] / base["update_s_per_transition"]
+    ratio = rows["latent ppo"]["time_ratio_to_token_ppo"]
+    params = base["trainable_parameters"] / rows["latent ppo"]["trainable_parameters"]
     print(f"model {args.model}  device {args.device}  dtype {args.dtype}  {n} tokens per response  "
           f"token run: {'LoRA r=' + str(args.lora_r) if args.lora_r else 'full fine-tuning'}")
-    print(f"{'actions':>8} {'ms per transition':>18} {'trainable parameters':>21}")
+    print(f"{'run':>12} {'ms per transition':>18} {'ratio to token ppo':>19} {'trainable parameters':>21}")
     for name, row in rows.items():
-        print(f"{name:>8} {1000 * row['update_s_per_transition']:>18.2f} {row['trainable_parameters']:>21,}")
-    print(f"latent / token update time {ratio:.2f}x; token / latent trainable parameters {params:.1f}x")
+        print(f"{name:>12} {1000 * row['update_s_per_transition']:>18.2f} {row['time_ratio_to_token_ppo']:>18.2f}x "
+              f"{row['trainable_parameters']:>21,}")  # fmt: skip
+    print(f"latent / token PPO update time {ratio:.2f}x; token / latent PPO trainable parameters {params:.1f}x")
     print(json.dumps({"bench": "latent_update", "date": date.today().isoformat(), "machine": platform.node(),
                       "threads": torch.get_num_threads(), **vars(args), "rows": rows, "update_time_ratio": ratio,
                       "trainable_parameter_ratio": params}))  # fmt: skip
