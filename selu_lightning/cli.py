@@ -187,13 +187,18 @@ class SeluCLI(LightningCLI):
             rank_zero_info("selu: " + "; ".join(parts))
 
 
-#: Messages that are noise for this project's users: a cloud-logging advert, a deprecation inside Lightning,
-#: checkpoint folders that runs of one config share on purpose, epoch metrics we sum across ranks ourselves.
+#: Messages that are noise for this project's users: cloud-logging adverts, a deprecation inside Lightning,
+#: checkpoint folders that runs of one config share on purpose, epoch metrics we sum across ranks ourselves, and
+#: Lightning (>= 2.6) announcing on every fresh fit that, with an on-exception checkpoint callback, it looks for a
+#: "last" checkpoint: each run has its own folder, so a fresh run finds none (``--ckpt_path last`` resumes).
 QUIET = (
     "litlogger",
+    "litmodels",
     "isinstance(treespec, LeafSpec)",
     "exists and is not empty",
     "when logging on epoch level in distributed setting",
+    "The last model of the previous `fit` call will be used",
+    'ckpt_path="last") is set, but there is no last checkpoint available',
 )
 
 
@@ -208,7 +213,10 @@ def quiet_noise() -> None:
         warnings.filterwarnings("ignore", message=f".*{re.escape(text)}.*")
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(_Quiet())
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' per-load weight bars
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # the hub's download bars
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # transformers' per-load "Loading weights" bar (read at its import)
 
 
 def _run_dir(trainer: L.Trainer) -> str:

@@ -282,6 +282,24 @@ def test_an_env_with_instructions_warns_when_the_template_hides_them():
         CandidateActionSpace(template="{state} {actions}").check_env(env_class("numberline"))
 
 
+def test_a_fresh_run_prints_no_noise(tmp_path):
+    """What a new user sees on a fresh machine: no cloud adverts, no Lightning notice that a fresh run found no
+    checkpoint to resume, no per-load weight bar (messages newer Lightning and transformers releases added)."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "selu_lightning", "fit", "-c", "configs/rl4vlm_cpu/ppo_numberline.yaml",
+           f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}", *TINY_RUN, "--trainer.max_epochs=1",
+           "--model.action_space.init_args.max_new_tokens=8"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    console = proc.stdout + proc.stderr
+    for noise in ("Tip:", "litmodels", "litlogger", "without a model", "no last checkpoint", "Loading weights",
+                  "exists and is not empty", "LeafSpec"):  # fmt: skip
+        assert noise not in console, noise
+    assert "selu: logs" in console  # the run's own closing line still prints
+
+
 def test_sigterm_leaves_a_checkpoint_that_resumes(tmp_path):
     """What a cluster scheduler sends: the run stops, leaves last.ckpt, and --ckpt_path last continues it."""
     import signal
