@@ -21,12 +21,12 @@ def demo_store(path: Path, episodes: int = 3, seed: int = 0) -> Path:
     return path
 
 
-def latent_checkpoint(path: Path, policy: PolicyConfig, seed: int = 0) -> Path:
+def latent_checkpoint(path: Path, policy: PolicyConfig, seed: int = 0, **sizes: int) -> Path:
     """What a LatentActionPretrain run saves, with random latent weights (no training needed for the tests
-    that only act and score)."""
+    that only act and score); ``sizes`` override TINY_LATENT (e.g. ``num_codes``)."""
     vlm = VLMPolicy(policy)
     vlm.load()
-    config = LatentConfig(**TINY_LATENT)
+    config = LatentConfig(**{**TINY_LATENT, **sizes})
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = LatentActionModel.for_backbone(config, vlm.hf_model)

@@ -60,13 +60,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--logprobs", nargs="+", default=["code"], choices=["code", "token"])
+    parser.add_argument("--codes", type=int, default=8, help="K, the codebook size (the CPU recipes: 32)")
     args = parser.parse_args()
     policy = PolicyConfig(args.model, lora=None, value_head_widths=[16])
     pool = EnvPool(args.env, args.prompts, seed=0)
     pool.reset()
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = str(latent_checkpoint(Path(tmp) / "latent.ckpt", policy))
+        ckpt = str(latent_checkpoint(Path(tmp) / "latent.ckpt", policy, num_codes=args.codes))
         print(f"{'decode_batch_size':>17} {'logprob':>8} {'s per act':>10} {'tokens/s':>9} {'speedup':>8}")
         first = None
         for logprob in args.logprobs:
