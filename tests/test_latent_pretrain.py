@@ -192,15 +192,11 @@ def test_the_space_report_counts_the_tokens_codes_can_reach(store):
     """tools/latent_space_report.py: a fresh additive space is the base LM whatever the code (one reachable
     token per position, the base LM's accuracy); once the merges move, codes reach other tokens."""
     import importlib.util
-    import sys
     from pathlib import Path
 
     from selu_lightning.data.store import TrajectoryStore
 
-    tools = Path(__file__).parents[1] / "tools"
-    if str(tools) not in sys.path:  # as `python tools/latent_space_report.py` runs it: config_tool importable
-        sys.path.insert(0, str(tools))
-    spec = importlib.util.spec_from_file_location("latent_space_report", tools / "latent_space_report.py")
+    spec = importlib.util.spec_from_file_location("latent_space_report", Path(__file__).parents[1] / "tools/latent_space_report.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     episodes = TrajectoryStore(store).read()

@@ -2,7 +2,6 @@
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,9 +13,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def tool():
-    """The tool as ``python tools/rollout_diversity.py`` loads it: its folder (``config_tool``) on the import path."""
-    if str(ROOT / "tools") not in sys.path:
-        sys.path.insert(0, str(ROOT / "tools"))
     spec = importlib.util.spec_from_file_location("rollout_diversity", ROOT / "tools/rollout_diversity.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -47,7 +43,7 @@ def test_counts_what_a_sampling_policy_writes_for_copies_of_one_state(tmp_path, 
 
 
 def test_the_tools_split_their_own_options_from_config_options(tmp_path, capsys):
-    tool()  # puts tools/ on the import path
+    tool()  # the tool puts tools/ on the import path
     from config_tool import emit, split_argv
 
     assert split_argv(["-c", "x.yaml", "--states", "3"]) == (["-c", "x.yaml", "--states", "3"], [])

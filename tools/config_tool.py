@@ -1,8 +1,8 @@
 """What the measuring tools that read a `selu fit` config share: their own options before ``--`` and config
 options after it, the config's module and datamodule built as ``selu fit`` builds them, and one JSON line out.
 
-Imported by ``tools/rollout_diversity.py`` and ``tools/latent_space_report.py`` (``python tools/<tool>.py`` puts
-this folder on the import path).
+Imported by ``tools/rollout_diversity.py`` and ``tools/latent_space_report.py``, which put this folder on the
+import path themselves (so tests can load them by file path).
 """
 
 from __future__ import annotations

@@ -15,17 +15,20 @@ to a file), with the reply positions whose codes reach more than one token (``--
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from config_tool import build_cli, emit, split_argv
 from selu_lightning.data.store import TrajectoryStore
 from selu_lightning.latent import vlm_lm_head, vlm_norm
 from selu_lightning.latent.views import sequence_view
 from selu_lightning.modules.actor_sft import response_example
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # as `python tools/<tool>.py` has it, for importers too
+from config_tool import build_cli, emit, split_argv  # noqa: E402
 
 
 @torch.no_grad()

@@ -14,6 +14,7 @@ writes it to a file.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from statistics import mean
 from typing import Any
@@ -21,8 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from config_tool import build, emit, split_argv
 from selu_lightning.envs.pool import EnvPool, seed_stream
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # as `python tools/<tool>.py` has it, for importers too
+from config_tool import build, emit, split_argv  # noqa: E402
 
 
 def diversity(module: Any, data: Any, states: int, samples: int, seed: int) -> dict[str, float]:
