@@ -208,6 +208,49 @@ def test_the_kl_reference_of_codes_is_the_code_policy_as_attached(ckpt, tmp_path
     assert agent.action_space.latent.policy is not code_ref and vlm_norm(agent.policy.hf_model) is not norm_ref
 
 
+@pytest.mark.parametrize(("model", "with_image", "logprob"), [("tiny:llava", True, "code"), ("tiny:llava", False, "token"),
+                                                             ("tiny:llava_next", True, "token"), ("tiny:idefics3", True, "code")])  # fmt: skip
+def test_the_kl_reference_reuses_the_live_pass_and_scores_what_a_second_pass_scores(model, with_image, logprob, tmp_path):
+    """The VLM below the final norm is frozen, so the reference starts from the live pass's pre-norm states:
+    the same per-token log-probs as a second backbone pass (reference norm and code policy differing from the
+    live ones), with no second pass. With dropout possible (a backbone module in train mode) it runs the pass."""
+    policy = dataclasses.replace(POLICY, model_name_or_path=model)
+    agent = module(str(latent_checkpoint(tmp_path / "latent.ckpt", policy)), policy=policy, with_image=with_image,
+                   logprob=logprob, max_new_tokens=8)  # fmt: skip
+    agent.kl_coef = 0.1
+    agent.configure_model()
+    agent.action_space.keep_reference(agent.policy)
+    space, hf = agent.action_space, agent.policy.hf_model
+    with torch.no_grad():  # the live policy and norm move away from the reference
+        for p in [*space.latent.policy.parameters(), *vlm_norm(hf).parameters()]:
+            p.add_(0.3 * torch.randn_like(p))
+        for block in space.latent.world.blocks:  # codes reach different tokens (logprob: token is not all 0)
+            torch.nn.init.normal_(block.proj.weight, std=5.0)
+    pool = EnvPool("numberline", 3, seed=5)
+    pool.reset()
+    samples = [d.sample for d in agent.decide(pool.states, pool.task_description, greedy=False,
+                                              rng=np.random.default_rng(0))]  # fmt: skip
+    agent.eval()
+    live = space.evaluate(agent.policy, samples, with_entropy=False)
+    assert live.frozen is not None
+    passes = []
+    hook = agent.policy._backbone(hf).register_forward_hook(lambda *_: passes.append(1))
+    with torch.no_grad(), space.reference(agent.policy):
+        reused = space.evaluate_reference(agent.policy, samples, live)
+        assert not passes  # no second backbone pass
+        space.reuse_frozen_pass = False
+        again = space.evaluate_reference(agent.policy, samples, space.evaluate(agent.policy, samples, with_entropy=False))
+        assert passes
+    hook.remove()
+    for a, b, c in zip(reused.token_logprobs, again.token_logprobs, live.token_logprobs):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert max((a - c).abs().max().item() for a, c in zip(reused.token_logprobs, live.token_logprobs)) > 1e-3
+    torch.testing.assert_close(reused.logprobs, again.logprobs, atol=1e-5, rtol=1e-5)
+    space.reuse_frozen_pass = True
+    agent.train()  # dropout possible: nothing kept, the reference runs its own pass
+    assert space.evaluate(agent.policy, samples, with_entropy=False).frozen is None
+
+
 def test_the_code_policy_ignores_left_padding_in_one_pass_and_step_by_step():
     """``key_mask`` hides padding: a left-padded row gets the code logits it gets alone, in one pass and when
     continued from the cache; queries on padding see themselves only (no NaN)."""
@@ -266,8 +309,19 @@ def test_a_decoded_batch_gives_each_row_what_it_gets_alone(model, tmp_path, monk
         LatentActionSpace(decode_batch_size=0)
 
 
-@pytest.mark.parametrize(("token", "latent"), [("configs/rl4vlm_cpu/ppo_numberline.yaml", "configs/latent/ppo_numberline.yaml"),
-                                               ("configs/group/grpo_numberline.yaml", "configs/latent/grpo_numberline.yaml")])  # fmt: skip
+#: Every latent RL recipe and the token recipe it is compared with (the token PPO / group recipe of its env).
+LATENT_RL_RECIPES = sorted(
+    (f"configs/{'rl4vlm_cpu' if p.stem.startswith('ppo_') else 'group'}/{p.name}", f"configs/latent/{p.name}")
+    for p in (ROOT / "configs/latent").glob("*.yaml") if p.stem.split("_")[0] in ("ppo", "grpo")
+)
+
+
+def test_every_env_of_the_latent_table_has_both_rl_recipes():
+    assert {latent for _, latent in LATENT_RL_RECIPES} >= {
+        f"configs/latent/{algo}_{env}.yaml" for algo in ("ppo", "grpo") for env in ("numberline", "blackjack")}
+
+
+@pytest.mark.parametrize(("token", "latent"), LATENT_RL_RECIPES)
 def test_the_latent_recipes_are_the_token_recipes_with_the_action_space_swapped(token, latent):
     """The token-vs-latent table compares like with like: same env steps, updates and settings, only
     ``model.action_space`` (and the run's name) differ."""

@@ -39,6 +39,7 @@ import torch
 
 from selu_lightning.action_spaces import CandidateActionSpace
 from selu_lightning.action_spaces.base import user_message
+from selu_lightning.cli import quiet_noise
 from selu_lightning.policy.prefix import score_candidates
 from selu_lightning.policy.vlm import LoraSettings, PolicyConfig, VLMPolicy
 
@@ -172,6 +173,7 @@ def build_policy(args: argparse.Namespace) -> VLMPolicy:
 
 
 def main() -> None:
+    quiet_noise()  # no per-load progress bars or Lightning tips between the tool's own lines
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny:llava_next")
     parser.add_argument("--device", default="cpu")

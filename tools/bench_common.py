@@ -28,6 +28,7 @@ from typing import Any, Iterator
 import torch
 
 from selu_lightning.action_spaces import TextActionSpace
+from selu_lightning.cli import quiet_noise
 from selu_lightning.modules.actor_ppo import ActorPPO
 from selu_lightning.policy.vlm import LoraSettings, PolicyConfig
 
@@ -110,7 +111,11 @@ def full_model_config(name: str, tokenizer: Any = None) -> Any:
 
 def build_full_folder(model: str, out_dir: str | Path | None = None) -> Path:
     """Config + generation config + processor of a ``full:`` model in a folder (no weights)."""
-    from transformers import GenerationConfig, LlavaNextImageProcessorPil, LlavaNextProcessor
+    from transformers import (
+        GenerationConfig,
+        LlavaNextImageProcessorPil,
+        LlavaNextProcessor,
+    )
 
     from selu_lightning.policy import tiny
 
@@ -214,6 +219,7 @@ def cuda_peak_gib(device: str) -> float | None:
 
 
 def main() -> None:
+    quiet_noise()  # no per-load progress bars or Lightning tips between the tool's own lines
     parser = argparse.ArgumentParser(description="Parameter count of a full: model on the meta device")
     parser.add_argument("--count", default=FULL_PREFIX + "llava_next_mistral_7b")
     args = parser.parse_args()

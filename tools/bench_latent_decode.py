@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from selu_lightning.action_spaces import LatentActionSpace
+from selu_lightning.cli import quiet_noise
 from selu_lightning.envs.pool import EnvPool
 from selu_lightning.modules import ActorPPO
 from selu_lightning.policy.vlm import PolicyConfig
@@ -51,6 +52,7 @@ def _seconds(agent: ActorPPO, pool: EnvPool, repeats: int) -> float:
 
 
 def main() -> None:
+    quiet_noise()  # no per-load progress bars or Lightning tips between the tool's own lines
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny:llava")
     parser.add_argument("--env", default="blackjack")

@@ -23,6 +23,7 @@ from datetime import date
 import numpy as np
 import torch
 
+from selu_lightning.cli import quiet_noise
 from selu_lightning.action_spaces.parsing import parse_action
 from selu_lightning.data.rollout import collect_rollout
 from selu_lightning.envs.pool import EnvPool
@@ -125,6 +126,7 @@ def _sync(module: ActorPPO) -> None:
 
 
 def main() -> None:
+    quiet_noise()  # no per-load progress bars or Lightning tips between the tool's own lines
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny:llava_next",
                         help=f"checkpoint folder, hub id, tiny:<arch>, or {FULL_PREFIX}<name> (see bench_common.py)")

@@ -19,6 +19,7 @@ import subprocess
 import tempfile
 import time
 
+from selu_lightning.cli import quiet_noise
 from selu_lightning.threads import available_cores, threads_per_process
 
 CORES = available_cores()
@@ -51,6 +52,7 @@ def _run(copies: int, extra_env: dict[str, str], epochs: int) -> float:
 
 
 def main() -> None:
+    quiet_noise()  # no per-load progress bars or Lightning tips between the tool's own lines
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=3, help="Rollout epochs per run (each: 256 env steps, then PPO).")
     args = parser.parse_args()

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 
+from selu_lightning.cli import quiet_noise
 from selu_lightning.export import export_adapter
 
 
 def main() -> None:
+    quiet_noise()  # no per-load progress bars or Lightning tips between the tool's own lines
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint")
     parser.add_argument("--out", required=True)

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from selu_lightning.cli import quiet_noise
 from selu_lightning.data.store import TrajectoryStore
 from selu_lightning.latent import vlm_lm_head, vlm_norm
 from selu_lightning.latent.views import sequence_view
@@ -76,6 +77,7 @@ def report(module: Any, episodes: list, examples: int, show: int) -> dict[str, A
 
 
 def main(argv: list[str] | None = None) -> None:
+    quiet_noise()  # no per-load progress bars or Lightning tips between the tool's own lines
     own, overrides = split_argv(argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-c", "--config", required=True, help="a LatentActionPretrain recipe")

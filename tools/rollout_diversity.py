@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from selu_lightning.cli import quiet_noise
 from selu_lightning.envs.pool import EnvPool, seed_stream
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # as `python tools/<tool>.py` has it, for importers too
@@ -51,6 +52,7 @@ def diversity(module: Any, data: Any, states: int, samples: int, seed: int) -> d
 
 
 def main(argv: list[str] | None = None) -> None:
+    quiet_noise()  # no per-load progress bars or Lightning tips between the tool's own lines
     own, overrides = split_argv(argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-c", "--config", required=True)

@@ -59,6 +59,9 @@ class Evaluation:
     loss_mask: torch.Tensor | None = None
     """[B] 1 for samples the policy loss learns from, 0 to leave out (e.g. unparsable text under
     ``parse_failure: mask_from_loss``); None: all."""
+    frozen: Any = None
+    """What this pass computed with weights the KL reference shares (detached), for
+    :meth:`ActionSpace.evaluate_reference` to reuse; None: nothing to reuse."""
 
 
 def user_message(text: str, with_image: bool) -> list[dict[str, Any]]:
@@ -124,6 +127,12 @@ class ActionSpace(nn.Module, ABC):
     def reference(self, policy: VLMPolicy) -> AbstractContextManager[None]:
         """Inside it, :meth:`evaluate` scores with the frozen reference (the KL term of ``ActorPPO``)."""
         return policy.reference()
+
+    def evaluate_reference(self, policy: VLMPolicy, samples: Sequence[dict[str, Any]], live: Evaluation) -> Evaluation:
+        """Inside :meth:`reference` (and no_grad): the reference's scores of the samples ``live`` scored. By
+        default a second :meth:`evaluate`; a space whose reference shares frozen layers with the live policy
+        reuses what ``live.frozen`` kept of them."""
+        return self.evaluate(policy, samples, with_entropy=False)
 
     @abstractmethod
     def act(

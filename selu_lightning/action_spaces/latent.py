@@ -50,6 +50,10 @@ LATENT_CONFIG_KEY = "selu_latent_config"
 
 
 class LatentActionSpace(TextActionSpace):
+    #: Let the KL reference start from the live pass's pre-norm states (exact: the VLM below the final norm is
+    #: frozen). False runs the backbone again, as before; for tests and benchmarks, not a setting.
+    reuse_frozen_pass: bool = True
+
     def __init__(
         self,
         latent_checkpoint: str | None = None,
@@ -112,6 +116,7 @@ class LatentActionSpace(TextActionSpace):
         self.train_final_norm = train_final_norm
         self.latent: LatentActionModel | None = None
         self._reference: list[torch.nn.Module] = []  # a list hides them from nn.Module: not submodules
+        self._backbone_modules: list[torch.nn.Module] | None = None  # listed once, for the dropout check
 
     # ------------------------------------------------------------------ setup
     def attach(self, policy: VLMPolicy) -> None:
@@ -277,26 +282,63 @@ class LatentActionSpace(TextActionSpace):
 
     # ------------------------------------------------------------------ update
     def evaluate(self, policy: VLMPolicy, samples: Sequence[dict[str, Any]], *, with_entropy: bool) -> Evaluation:
-        """Weighted code log-probs of the stored (tokens, codes) and values, one teacher-forced backbone pass."""
-        responses = [s["response"] for s in samples]
-        out = policy.backbone([s["prompt"] for s in samples], responses)
+        """Weighted code log-probs of the stored (tokens, codes) and values, one teacher-forced backbone pass.
+
+        The VLM below its final norm is frozen, so the KL reference would compute the same states: when that
+        pass ran without dropout, its final norm's input is kept (``Evaluation.frozen``) and
+        :meth:`evaluate_reference` starts from it instead of running the backbone again."""
+        norm = vlm_norm(policy.hf_model)
+        seen: list[torch.Tensor] = []
+        hook = norm.register_forward_hook(lambda _module, args, _out: seen.append(args[0]) if args else None)
+        try:
+            out = policy.backbone([s["prompt"] for s in samples], [s["response"] for s in samples])
+        finally:
+            hook.remove()
+        token_logprobs, logprobs, entropy = self._code_scores(out, samples, with_entropy=with_entropy)
+        values = policy.values(out) if policy.value_head is not None else None
+        mask = torch.tensor([float(s.get("trainable", True)) for s in samples], device=logprobs.device)
+        frozen = None
+        if self.reuse_frozen_pass and len(seen) == 1 and not self._dropout_possible(policy):
+            frozen = BackboneOutput(seen[0].detach(), out.prompt_lens, out.cont_lens)
+        return Evaluation(logprobs, values, entropy, token_logprobs=token_logprobs, loss_mask=mask, frozen=frozen)
+
+    def evaluate_reference(self, policy: VLMPolicy, samples: Sequence[dict[str, Any]], live: Evaluation) -> Evaluation:
+        """The reference's code log-probs from the live pass's pre-norm states: the reference norm and code
+        policy (swapped in by :meth:`reference`) on them, no second backbone pass."""
+        if not isinstance(live.frozen, BackboneOutput):
+            return super().evaluate_reference(policy, samples, live)
+        pre = live.frozen
+        out = BackboneOutput(vlm_norm(policy.hf_model)(pre.hidden), pre.prompt_lens, pre.cont_lens)
+        token_logprobs, logprobs, _ = self._code_scores(out, samples, with_entropy=False)
+        return Evaluation(logprobs, None, token_logprobs=token_logprobs)  # type: ignore[arg-type]
+
+    def _code_scores(
+        self, out: BackboneOutput, samples: Sequence[dict[str, Any]], *, with_entropy: bool
+    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | None]:
+        """Per sample the positions' code log-probs, the weighted log pi per sample, and (if asked) the mean
+        code entropy per sample, from the final hidden states of a teacher-forced pass."""
         logits = self._latent().policy(self._states(out.hidden))
         # The positions that predicted each response token are where its code was chosen.
         per_token = BackboneOutput(logits, out.prompt_lens, out.cont_lens).continuation_hidden()
-        codes = torch.cat([s["codes"] for s in samples]).to(per_token.device)
         if all("same_codes" in s for s in samples):  # rolled out with logprob: token
             same = torch.cat([s["same_codes"] for s in samples]).to(per_token.device)
             logp, ent = outcome_logprobs(per_token, same, self.temperature)
         else:
+            codes = torch.cat([s["codes"] for s in samples]).to(per_token.device)
             logp, ent = code_logprobs(per_token, codes, self.temperature)
         token_logprobs = list(logp.split(out.cont_lens))
         logprobs = torch.stack([(lp * s["weights"].to(lp.device)).sum() for lp, s in zip(token_logprobs, samples)])
         entropy = None
         if with_entropy:
             entropy = torch.stack([e.mean() if e.numel() else e.new_zeros(()) for e in ent.split(out.cont_lens)])
-        values = policy.values(out) if policy.value_head is not None else None
-        mask = torch.tensor([float(s.get("trainable", True)) for s in samples], device=logprobs.device)
-        return Evaluation(logprobs, values, entropy, token_logprobs=token_logprobs, loss_mask=mask)
+        return token_logprobs, logprobs, entropy
+
+    def _dropout_possible(self, policy: VLMPolicy) -> bool:
+        """Whether any backbone module is in train mode (dropout on, e.g. ``dropout_in_update``): then its
+        states are not the reference's, which scores in eval mode."""
+        if self._backbone_modules is None:
+            self._backbone_modules = list(policy._backbone(policy.hf_model).modules())
+        return any(m.training for m in self._backbone_modules)
 
 
 def _parent_of(root: torch.nn.Module, child: torch.nn.Module) -> tuple[torch.nn.Module, str]:

@@ -333,7 +333,7 @@ class ActorPPO(VLMAgent):
             stats["entropy"] = entropy.detach()
         if hp.kl_coef > 0 or hp.log_reference_kl:
             with torch.no_grad(), self.action_space.reference(self.policy), eval_mode(self, self._submodules()):
-                ref = self.action_space.evaluate(self.policy, batch["samples"], with_entropy=False)
+                ref = self.action_space.evaluate_reference(self.policy, batch["samples"], ev)
             if ev.token_logprobs is not None and ref.token_logprobs is not None:
                 per_token = None
                 if pad is not None:
