@@ -146,7 +146,8 @@ class Stages:
 
 
 def one_seed(
-    env: str, seed: int, out: Path, extra_sft: list[str], extra_ppo: list[str], algorithms: tuple[str, ...] = ("ppo",)
+    env: str, seed: int, out: Path, extra_sft: list[str], extra_ppo: list[str], algorithms: tuple[str, ...] = ("ppo",),
+    noise: float | None = None,
 ) -> dict[str, Any]:
     """Collect -> SFT -> test -> (RL -> test per algorithm) for one env and seed; stages already done are skipped.
 
@@ -158,8 +159,9 @@ def one_seed(
     cfg = Path("configs/rl4vlm_cpu")
     seeds = [f"--seed_everything={seed}", f"--data.seed={seed}"]
     d = RECIPES[env]
+    noise = d["noise"] if noise is None else noise
     stages.run("collect", [sys.executable, "-m", "selu_lightning.data.collect", "--env", env, "--episodes",
-                           str(d["episodes"]), "--noise", str(d["noise"]), "--seed", str(seed), "--out", str(demos),
+                           str(d["episodes"]), "--noise", str(noise), "--seed", str(seed), "--out", str(demos),
                            "--config", str(cfg / f"sft_{env}.yaml")], demos)  # fmt: skip
     stages.run("sft", ["selu", "fit", "-c", str(cfg / f"sft_{env}.yaml"), f"--data.demonstrations={demos}",
                        f"--trainer.logger.init_args.save_dir={sft}", *seeds, *QUIET, *d["sft"], *extra_sft], sft)  # fmt: skip
@@ -316,6 +318,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--algorithms", nargs="+", default=["ppo"], choices=["ppo", *GROUP_ALGORITHMS, *LATENT_ALGORITHMS],
                         help="RL stages from each SFT checkpoint (ppo: configs/rl4vlm_cpu/, latent_*: configs/latent/, "
                              "others: configs/group/)")  # fmt: skip
+    parser.add_argument("--noise", type=float, default=None,
+                        help="share of deliberately wrong demonstration steps, for every env (default: each env's own)")
     parser.add_argument("--report", action="store_true", help="only rebuild the table and pictures")
     args = parser.parse_args(argv)
     summary_file = args.out / "summary.json"
@@ -324,7 +328,7 @@ def main(argv: list[str] | None = None) -> None:
         for env in args.envs:
             for seed in args.seeds:
                 print(f"== {env} seed {seed}", flush=True)
-                row = one_seed(env, seed, args.out, args.sft_args, args.ppo_args, tuple(args.algorithms))
+                row = one_seed(env, seed, args.out, args.sft_args, args.ppo_args, tuple(args.algorithms), args.noise)
                 # read again: another sweep (another env) may share the output folder
                 summary = json.loads(summary_file.read_text()) if summary_file.exists() else []
                 old = [r for r in summary if (r["env"], r["seed"]) == (env, seed)]
