@@ -217,7 +217,6 @@ def test_the_kl_reference_reuses_the_live_pass_and_scores_what_a_second_pass_sco
     policy = dataclasses.replace(POLICY, model_name_or_path=model)
     agent = module(str(latent_checkpoint(tmp_path / "latent.ckpt", policy)), policy=policy, with_image=with_image,
                    logprob=logprob, max_new_tokens=8)  # fmt: skip
-    agent.kl_coef = 0.1
     agent.configure_model()
     agent.action_space.keep_reference(agent.policy)
     space, hf = agent.action_space, agent.policy.hf_model
