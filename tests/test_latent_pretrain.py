@@ -11,7 +11,7 @@ from selu_lightning.action_spaces.base import user_message
 from selu_lightning.data import DemonstrationDataModule
 from selu_lightning.errors import ConfigError
 from selu_lightning.latent import STAGE_COMPONENTS, sequence_view
-from selu_lightning.modules import LatentActionPretrain
+from selu_lightning.modules import ActorSFT, LatentActionPretrain
 from selu_lightning.policy.tiny import TINY_ARCHS
 from selu_lightning.policy.vlm import PolicyConfig, VLMPolicy
 
@@ -210,3 +210,52 @@ def test_the_space_report_counts_the_tokens_codes_can_reach(store):
         torch.nn.init.normal_(block.proj.weight, std=5.0)
     moved = tool.report(module, episodes, examples=4, show=3)
     assert moved["tokens_reachable_per_position"] > 1.0 and 0 < len(moved["choices"]) <= 3
+
+
+class _EpisodeCatcher:
+    """Test double for the module a DemonstrationDataModule feeds: keeps the episodes it is handed."""
+
+    def build_train_data(self, episodes):
+        self.episodes = episodes
+        return episodes
+
+
+def test_text_only_stores_join_as_transcripts_of_another_env(tmp_path, store):
+    """``data.text_only``: another env's episodes join the training data without frames, so the joint stage
+    reads them as text-only examples and never as paired ones."""
+    from types import SimpleNamespace
+
+    from selu_lightning.data.collect import collect_expert_episodes
+    from selu_lightning.data.store import TrajectoryStore
+
+    other = tmp_path / "blackjack"
+    TrajectoryStore(other, env="blackjack").append(list(collect_expert_episodes("blackjack", 3, seed=1)))
+    data = DemonstrationDataModule(str(store), env="numberline", text_only=[str(other)], num_envs=4, val_episodes=4)
+    catcher = _EpisodeCatcher()
+    data.trainer = SimpleNamespace(lightning_module=catcher)
+    data.train_dataloader()
+    own, extra = catcher.episodes[:2], catcher.episodes[2:]
+    assert len(extra) == 3 and all(s.frame is not None for e in own for s in e.steps)
+    assert all(s.frame is None for e in extra for s in e.steps) and all(e.final_frame is None for e in extra)
+    assert TrajectoryStore(other).read()[0].steps[0].frame is not None  # the store itself is untouched
+    module = LatentActionPretrain(POLICY, "joint", minibatch_size=64, **TINY_LATENT)
+    module.configure_model()
+    batch = next(iter(module.build_train_data(catcher.episodes)))
+    own_steps = sum(len(e.steps) for e in own)
+    assert len(batch["paired"]) == own_steps  # paired: only the env's own steps
+    texts = {module.policy.tokenizer.decode(s["prompt"]["input_ids"]) for s in batch["text"]}
+    assert any("blackjack" in t.lower() for t in texts)  # drawn from both stores (32 draws from 2 + 3 episodes)
+    with pytest.raises(ConfigError, match="data.text_only: "):
+        bad = DemonstrationDataModule(str(store), env="numberline", text_only=[str(tmp_path / "missing")])
+        bad.trainer = SimpleNamespace(lightning_module=catcher)
+        bad.train_dataloader()
+    with pytest.raises(ConfigError, match="data.demonstrations: "):
+        bad = DemonstrationDataModule(str(tmp_path / "missing"), env="numberline")
+        bad.trainer = SimpleNamespace(lightning_module=catcher)
+        bad.train_dataloader()
+    with pytest.raises(ConfigError, match="must not list data.demonstrations"):
+        DemonstrationDataModule(str(store), env="numberline", text_only=[str(store)])
+    sft = ActorSFT(POLICY)  # its action space shows the frame: transcripts cannot teach it
+    sft.configure_model()
+    with pytest.raises(ConfigError, match="data.text_only stores are transcripts"):
+        sft.build_train_data(extra)

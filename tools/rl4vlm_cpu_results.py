@@ -9,7 +9,9 @@ actions from the SFT checkpoint, and held-out tests of both checkpoints; then a 
 ``grpo`` / ``dr_grpo`` / ``gigpo`` with ``configs/group/<algorithm>_<env>.yaml`` (same env steps as the PPO recipe),
 ``latent_ppo`` / ``latent_grpo`` over latent codes (``configs/latent/``: the PPO and GRPO recipes with the action space
 swapped, after the latent space's four pretraining stages on the seed's demonstrations), and
-``latent_ppo_no_cycle`` / ``latent_ppo_no_projector`` / ``latent_ppo_no_text`` over the paper's ablated spaces;
+``latent_ppo_no_cycle`` / ``latent_ppo_no_projector`` / ``latent_ppo_no_text`` over the paper's ablated spaces
+(and ``latent_ppo_alfworld``, ``..._alfworld_no_cycle``, ``..._alfworld_no_projector``: the same with ALFWorld
+expert transcripts as more text-only data, text that differs from the paired data);
 the report then adds a table of the algorithms side by side and a picture of their held-out curves.
 
 Every stage is the README's own command (``python -m selu_lightning.data.collect``, ``selu fit``,
@@ -84,11 +86,19 @@ def test_scores(save_dir: Path) -> dict[str, float]:
 LATENT_STAGES = ("idm_warmup", "projector_init", "joint", "policy_bc")
 #: The paper's ablations of the latent space: options of its ``joint`` and ``policy_bc`` stages (the first two
 #: stages are shared with the full space). ``latent_ppo_<ablation>`` runs PPO over the ablated space.
+#: ``alfworld*``: the same with ALFWorld expert transcripts (frames dropped, ``data.text_only``) as more text-only
+#: data, text that differs from the paired data as in the paper's setting (``{transcripts}``: the seed's store).
+TRANSCRIPTS = "--data.text_only=[{transcripts}]"
 LATENT_ABLATIONS = {
     "no_cycle": ["--model.cycle_coef=0"],
     "no_projector": ["--model.text_states=raw"],
     "no_text": ["--model.text_data=false"],
+    "alfworld": [TRANSCRIPTS],
+    "alfworld_no_cycle": [TRANSCRIPTS, "--model.cycle_coef=0"],
+    "alfworld_no_projector": [TRANSCRIPTS, "--model.text_states=raw"],
 }
+#: ALFWorld expert episodes collected per seed as transcripts (about 6 steps each, prompts of about 650 tokens).
+TRANSCRIPT_EPISODES = 100
 LATENT_ALGORITHMS = ("latent_ppo", "latent_grpo", *(f"latent_ppo_{a}" for a in LATENT_ABLATIONS))
 
 
@@ -119,12 +129,25 @@ def latent_space(
         out = work / name
         start = [f"--model.latent_init={previous}"] if previous else []
         options = LATENT_ABLATIONS[ablation] if ablated else []
+        if any("{transcripts}" in o for o in options):
+            options = [o.format(transcripts=transcripts(stages, work, seeds)) for o in options]
         stages.run(name, ["selu", "fit", "-c", f"configs/latent/{stage}_{env}.yaml",
                           f"--data.demonstrations={demos}", f"--model.policy.init_from={sft_last}",
                           f"--trainer.logger.init_args.save_dir={out}", *seeds, *QUIET, *start, *options], out)  # fmt: skip
         previous = newest_run(out) / "checkpoints" / "last.ckpt"
     assert previous is not None
     return previous
+
+
+def transcripts(stages: Stages, work: Path, seeds: list[str]) -> Path:
+    """The seed's ALFWorld expert episodes (collected once, noise-free, in the ALFWorld recipe's reply format),
+    read by the latent stages as text-only transcripts."""
+    out = work / "transcripts_alfworld"
+    seed = seeds[0].split("=")[1]
+    stages.run("transcripts_alfworld", [sys.executable, "-m", "selu_lightning.data.collect", "--env", "alfworld",
+                                        "--episodes", str(TRANSCRIPT_EPISODES), "--noise", "0", "--seed", seed,
+                                        "--out", str(out), "--config", "configs/rl4vlm/alfworld.yaml"], out)  # fmt: skip
+    return out
 
 
 class Stages:

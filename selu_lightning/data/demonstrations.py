@@ -1,28 +1,36 @@
 """DemonstrationDataModule: the env runner whose training data is a TrajectoryStore's episodes, not rollouts.
 
-Held-out evaluation, seeds and checkpoints are the runner's (``RolloutDataModule``); each epoch the module
-(``ActorSFT``) turns the stored episodes into its examples (``build_train_data``). The store's ground-truth
-field is never read here.
+Held-out evaluation, seeds and checkpoints are the runner's (``RolloutDataModule``); the module (``ActorSFT``,
+``LatentActionPretrain``) turns the stored episodes into its examples once (``build_train_data``). More stores,
+from any env, may join as text-only episodes (``text_only``: their frames dropped), which is how transcripts of
+other tasks widen a latent action space's text coverage. The stores' ground-truth field is never read here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
 from selu_lightning.data.rollout import RolloutDataModule
 from selu_lightning.data.store import TrajectoryStore
+from selu_lightning.data.trajectories import Trajectory
 from selu_lightning.errors import ConfigError
 
 __all__ = ["DemonstrationDataModule"]
 
 
 class DemonstrationDataModule(RolloutDataModule):
-    def __init__(self, demonstrations: str, max_episodes: int | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, demonstrations: str, max_episodes: int | None = None, text_only: list[str] | None = None, **kwargs: Any
+    ) -> None:
         """
         Args:
             demonstrations: A TrajectoryStore folder (e.g. written by ``python -m selu_lightning.data.collect``).
             max_episodes: Train on the first this many stored episodes (null: all).
+            text_only: More TrajectoryStore folders, any env (e.g. ALFWorld transcripts), whose episodes join
+                the training data without their frames: text-only examples for ``LatentActionPretrain``'s
+                ``joint`` and ``policy_bc`` stages. ``ActorSFT`` with an image action space refuses them.
             **kwargs: The runner's options for held-out evaluation (``env``, ``env_kwargs``, ``eval_env_kwargs``,
                 ``val_episodes``, ``test_episodes``, ``eval_num_envs``, ``eval_greedy``, ``seed``, workers), and
                 ``record_to``, which here stores only what ``selu predict`` plays (must differ from
@@ -35,20 +43,36 @@ class DemonstrationDataModule(RolloutDataModule):
         super().__init__(**kwargs)
         self.demonstrations = demonstrations
         self.max_episodes = max_episodes
+        self.text_only = list(text_only or [])
+        if os.path.abspath(demonstrations) in map(os.path.abspath, self.text_only):
+            raise ConfigError("data.text_only must not list data.demonstrations (its steps would count twice)")
         self._demo_loader: Any = None
 
     def train_dataloader(self) -> Any:
         """The stored episodes as the module's examples, built once (the loader reshuffles every epoch)."""
         if self._demo_loader is None:
-            try:
-                store = TrajectoryStore(self.demonstrations)
-            except FileNotFoundError as err:
-                raise ConfigError(f"data.demonstrations: {err}") from None
+            store = TrajectoryStore(self.demonstrations)
+            episodes = _episodes(store, "data.demonstrations")
             recorded_env = store.metadata.get("env")
             if recorded_env not in (None, self.env):
                 raise ConfigError(f"data.demonstrations were recorded in env {recorded_env!r}, data.env is {self.env!r}")
-            episodes = list(store.iter_trajectories())  # without ground truth
             if self.max_episodes is not None:
                 episodes = episodes[: self.max_episodes]
+            for path in self.text_only:
+                episodes += [without_frames(t) for t in _episodes(TrajectoryStore(path), "data.text_only")]
             self._demo_loader = self.trainer.lightning_module.build_train_data(episodes)
         return self._demo_loader
+
+
+def _episodes(store: TrajectoryStore, option: str) -> list[Trajectory]:
+    """The store's episodes without ground truth; a missing store is a one-line config error naming the option."""
+    try:
+        return list(store.iter_trajectories())
+    except FileNotFoundError as err:
+        raise ConfigError(f"{option}: {err}") from None
+
+
+def without_frames(trajectory: Trajectory) -> Trajectory:
+    """The episode as a transcript: every step's frame (and the final frame) removed, the text kept."""
+    steps = [dataclasses.replace(step, frame=None) for step in trajectory.steps]
+    return dataclasses.replace(trajectory, steps=steps, final_frame=None)

@@ -95,7 +95,8 @@ class ActorSFT(VLMAgent):
     def _example(self, step: Any) -> dict[str, Any]:
         """One recorded step as the policy would see it, and the tokens it should write (then EOS)."""
         if self.action_space.with_image and step.frame is None:
-            raise ConfigError("the action space puts the frame in the prompt, but the recorded step has no frame")
+            raise ConfigError("the action space puts the frame in the prompt, but a demonstration step has no frame "
+                              "(data.text_only stores are transcripts, for LatentActionPretrain)")
         return response_example(self.policy, step.prompt, step.frame, step.response, self.action_space.with_image)
 
     # ------------------------------------------------------------------ update
