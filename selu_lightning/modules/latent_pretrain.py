@@ -16,8 +16,9 @@ Stages (``model.stage``), each training only its own parts (``latent.model.STAGE
 Data: the episodes the runner hands over (``DemonstrationDataModule``): steps with a frame give paired examples
 (prompt with frame + response); every step also gives a text-only example (the same prompt and response without
 the frame); episodes without frames (the data module's ``text_only`` stores: ALFWorld / TextWorld transcripts,
-other envs' replies) give text-only ones only. Losses cover every text token of prompt + response (image placeholders and padding excluded),
-as the reference's, or with ``scored: response`` only the positions that predict the response.
+other envs' replies) give text-only ones only. Losses cover every text token of prompt + response (image
+placeholders and padding excluded), as the reference's, or with ``scored: response`` only the positions that
+predict the response.
 
 A stage's checkpoint keeps the whole latent space (not only what the stage trained) and its sizes; the next
 stage starts from it (``latent_init``), and ``LatentActionSpace(latent_checkpoint=...)`` acts with it.
