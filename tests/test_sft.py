@@ -1,6 +1,10 @@
 """ActorSFT: response-only cross-entropy, ground truth never read, a checkpoint that starts PPO, and it learns."""
 
 import dataclasses
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +19,7 @@ from selu_lightning.tb import last_value
 
 from helpers import LossRecorder, cpu_trainer, tiny_data
 
+SFT_CONFIG = "configs/rl4vlm_cpu/sft_numberline.yaml"
 SFT_POLICY = PolicyConfig("tiny:llava", lora=None, freeze=["vision_tower"], value_head_widths=None)
 
 
@@ -80,17 +85,40 @@ def test_an_sft_checkpoint_starts_ppo_by_one_key(tmp_path):
         dataclasses.replace(policy, init_from=str(tmp_path / "missing.ckpt"))
 
 
-def test_sft_on_expert_numberline_demonstrations_learns_the_task(tmp_path):
+ROOT = Path(__file__).resolve().parents[1]
+#: The SFT recipe's first 8 of 12 cosine epochs (RL4VLM's first stage stopped early, as the results tool does).
+WEAKENED = ["--trainer.max_epochs=8", "--model.lr_schedule_updates=12"]
+
+
+def fit(config: str, *args: str) -> None:
+    """``selu fit`` as the README runs it, in a subprocess."""
+    cmd = [sys.executable, "-m", "selu_lightning", "fit", "-c", config, "--trainer.enable_progress_bar=false", *args]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def weakened_sft(tmp_path_factory):
+    """300 demonstrations (10% of steps wrong) and the SFT recipe stopped after 8 of its 12 epochs: its held-out
+    success and a copy of its checkpoint (the SFT test resumes the run itself to 12 epochs)."""
+    from selu_lightning.data.collect import main as collect
+
+    tmp = tmp_path_factory.mktemp("sft")
+    collect(["--env", "numberline", "--episodes", "300", "--noise", "0.1", "--out", str(tmp / "demos")])
+    fit(SFT_CONFIG, f"--data.demonstrations={tmp / 'demos'}", f"--trainer.logger.init_args.save_dir={tmp / 'sft'}",
+        *WEAKENED, "--data.val_episodes=100", "--data.eval_num_envs=50", "--trainer.check_val_every_n_epoch=8")  # fmt: skip
+    ckpt = tmp / "sft_epoch8.ckpt"
+    shutil.copy(next((tmp / "sft").rglob("last.ckpt")), ckpt)
+    return {"dir": tmp, "success": last_value(tmp / "sft", "val/success_rate"), "ckpt": ckpt}
+
+
+def test_sft_on_expert_numberline_demonstrations_learns_the_task(weakened_sft):
     """From a random tiny LLaVA (it never writes a parsable action, so it plays at the random policy's level,
     about 0.27) to >= 0.8 held-out success with RL4VLM's text actions, trained on scripted-expert
-    demonstrations in which 10% of the steps are wrong. The README's commands, in a subprocess."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
+    demonstrations in which 10% of the steps are wrong. The README's commands, in a subprocess: the recipe's
+    12 epochs, as its first 8 (``weakened_sft``) resumed with ``--ckpt_path last`` for the last 4."""
     import numpy as np
 
-    from selu_lightning.data.collect import main as collect
     from selu_lightning.envs.pool import EnvPool
 
     base = sft_module()
@@ -100,17 +128,14 @@ def test_sft_on_expert_numberline_demonstrations_learns_the_task(tmp_path):
     decisions = base.decide(pool.states, pool.task_description, greedy=True, rng=np.random.default_rng(0))
     assert all(d.parse_failed for d in decisions)  # the base model's actions are random fallbacks
 
-    collect(["--env", "numberline", "--episodes", "300", "--noise", "0.1", "--out", str(tmp_path / "demos")])
-    root = Path(__file__).resolve().parents[1]
-    cmd = [sys.executable, "-m", "selu_lightning", "fit", "-c", "configs/rl4vlm_cpu/sft_numberline.yaml",
-           f"--data.demonstrations={tmp_path / 'demos'}", f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
-           "--trainer.enable_progress_bar=false", "--trainer.check_val_every_n_epoch=12", "--data.val_episodes=50"]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert last_value(tmp_path / "runs", "val/success_rate") >= 0.8
+    tmp = weakened_sft["dir"]
+    fit(SFT_CONFIG, f"--data.demonstrations={tmp / 'demos'}", f"--trainer.logger.init_args.save_dir={tmp / 'sft'}",
+        "--trainer.max_epochs=12", "--model.lr_schedule_updates=12", "--ckpt_path=last",
+        "--trainer.check_val_every_n_epoch=12", "--data.val_episodes=100", "--data.eval_num_envs=50")  # fmt: skip
+    assert last_value(tmp / "sft", "val/success_rate") >= 0.8
 
 
-def test_ppo_with_text_actions_improves_a_weakened_sft_policy(tmp_path):
+def test_ppo_with_text_actions_improves_a_weakened_sft_policy(weakened_sft, tmp_path):
     """RL4VLM's second stage: from an SFT checkpoint stopped early (the first 8 epochs of the 12-epoch recipe:
     it reads the numbers but often compares them wrongly), PPO with text actions at RL4VLM's temperature and
     lambda raises held-out greedy success on the same held-out episodes. The README's commands, in subprocesses.
@@ -118,30 +143,10 @@ def test_ppo_with_text_actions_improves_a_weakened_sft_policy(tmp_path):
     16 updates, not 8: validated after every update (100 held-out episodes, 2026-12-01), an 8-update schedule went
     0.78, 0.86, 0.86, 0.86, 0.80, 0.80, 0.88, 0.75 (the greedy policy still switching answers at its end), and a
     16-update schedule from the same checkpoint 0.78-0.86 for 8 updates, then 0.99 at every update but one."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from selu_lightning.data.collect import main as collect
-
-    root = Path(__file__).resolve().parents[1]
-    collect(["--env", "numberline", "--episodes", "300", "--noise", "0.1", "--out", str(tmp_path / "demos")])
-    quiet = ["--trainer.enable_progress_bar=false", "--data.val_episodes=100", "--data.eval_num_envs=50"]
-
-    def fit(config: str, *args: str) -> None:
-        cmd = [sys.executable, "-m", "selu_lightning", "fit", "-c", config, *quiet, *args]
-        proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=900)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-
-    fit("configs/rl4vlm_cpu/sft_numberline.yaml", f"--data.demonstrations={tmp_path / 'demos'}",
-        f"--trainer.logger.init_args.save_dir={tmp_path / 'sft'}", "--trainer.max_epochs=8",
-        "--model.lr_schedule_updates=12", "--trainer.check_val_every_n_epoch=8")  # fmt: skip
-    sft = last_value(tmp_path / "sft", "val/success_rate")
-    ckpt = next((tmp_path / "sft").rglob("last.ckpt"))
-    fit("configs/rl4vlm_cpu/ppo_numberline.yaml", f"--model.policy.init_from={ckpt}",
+    fit("configs/rl4vlm_cpu/ppo_numberline.yaml", f"--model.policy.init_from={weakened_sft['ckpt']}",
         f"--trainer.logger.init_args.save_dir={tmp_path / 'ppo'}", "--trainer.max_epochs=16",
-        "--trainer.check_val_every_n_epoch=16")  # fmt: skip
-    ppo = last_value(tmp_path / "ppo", "val/success_rate")
+        "--trainer.check_val_every_n_epoch=16", "--data.val_episodes=100", "--data.eval_num_envs=50")  # fmt: skip
+    sft, ppo = weakened_sft["success"], last_value(tmp_path / "ppo", "val/success_rate")
     assert sft < 0.9  # weakened: room to improve
     assert ppo >= sft + 0.05, (sft, ppo)
 
