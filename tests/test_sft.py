@@ -88,6 +88,8 @@ def test_an_sft_checkpoint_starts_ppo_by_one_key(tmp_path):
 ROOT = Path(__file__).resolve().parents[1]
 #: The SFT recipe's first 8 of 12 cosine epochs (RL4VLM's first stage stopped early, as the results tool does).
 WEAKENED = ["--trainer.max_epochs=8", "--model.lr_schedule_updates=12"]
+#: Held-out validation of every run here: 100 episodes, 50 at once.
+EVAL = ["--data.val_episodes=100", "--data.eval_num_envs=50"]
 
 
 def fit(config: str, *args: str) -> None:
@@ -106,7 +108,7 @@ def weakened_sft(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sft")
     collect(["--env", "numberline", "--episodes", "300", "--noise", "0.1", "--out", str(tmp / "demos")])
     fit(SFT_CONFIG, f"--data.demonstrations={tmp / 'demos'}", f"--trainer.logger.init_args.save_dir={tmp / 'sft'}",
-        *WEAKENED, "--data.val_episodes=100", "--data.eval_num_envs=50", "--trainer.check_val_every_n_epoch=8")  # fmt: skip
+        *WEAKENED, *EVAL, "--trainer.check_val_every_n_epoch=8")  # fmt: skip
     ckpt = tmp / "sft_epoch8.ckpt"
     shutil.copy(next((tmp / "sft").rglob("last.ckpt")), ckpt)
     return {"dir": tmp, "success": last_value(tmp / "sft", "val/success_rate"), "ckpt": ckpt}
@@ -131,7 +133,7 @@ def test_sft_on_expert_numberline_demonstrations_learns_the_task(weakened_sft):
     tmp = weakened_sft["dir"]
     fit(SFT_CONFIG, f"--data.demonstrations={tmp / 'demos'}", f"--trainer.logger.init_args.save_dir={tmp / 'sft'}",
         "--trainer.max_epochs=12", "--model.lr_schedule_updates=12", "--ckpt_path=last",
-        "--trainer.check_val_every_n_epoch=12", "--data.val_episodes=100", "--data.eval_num_envs=50")  # fmt: skip
+        "--trainer.check_val_every_n_epoch=12", *EVAL)  # fmt: skip
     assert last_value(tmp / "sft", "val/success_rate") >= 0.8
 
 
@@ -145,7 +147,7 @@ def test_ppo_with_text_actions_improves_a_weakened_sft_policy(weakened_sft, tmp_
     16-update schedule from the same checkpoint 0.78-0.86 for 8 updates, then 0.99 at every update but one."""
     fit("configs/rl4vlm_cpu/ppo_numberline.yaml", f"--model.policy.init_from={weakened_sft['ckpt']}",
         f"--trainer.logger.init_args.save_dir={tmp_path / 'ppo'}", "--trainer.max_epochs=16",
-        "--trainer.check_val_every_n_epoch=16", "--data.val_episodes=100", "--data.eval_num_envs=50")  # fmt: skip
+        "--trainer.check_val_every_n_epoch=16", *EVAL)  # fmt: skip
     sft, ppo = weakened_sft["success"], last_value(tmp_path / "ppo", "val/success_rate")
     assert sft < 0.9  # weakened: room to improve
     assert ppo >= sft + 0.05, (sft, ppo)
