@@ -187,6 +187,11 @@ def test_latent_config_is_checked():
         LatentConfig(tau=0.0)
     with pytest.raises(ConfigError, match="readout"):
         LatentConfig(readout="minus")
+    with pytest.raises(ConfigError, match="idm_layers"):
+        LatentConfig(idm_layers=0)
+    with pytest.raises(ConfigError, match="policy_layers"):
+        LatentConfig(policy_layers=-1)
+    assert LatentConfig(policy_layers=0).policy_layers == 0  # a linear code head
     # A checkpoint from before the read-out was a setting was built with the reference's form.
     old = {k: v for k, v in LatentConfig().to_dict().items() if k != "readout"}
     assert LatentConfig.from_saved(old).readout == "reference"

@@ -85,6 +85,26 @@ def test_only_the_code_policy_final_norm_and_value_head_train_and_the_first_rati
     assert not any(p.requires_grad for p in vlm_norm(frozen_norm.policy.hf_model).parameters())
 
 
+def test_a_linear_code_head_acts_and_trains_only_d_times_k_plus_norm_parameters(tmp_path):
+    """``policy_layers: 0``: the code policy is RMSNorm + Linear(d, K) on the VLM's own hidden state."""
+    agent = module(str(latent_checkpoint(tmp_path / "head.ckpt", POLICY, policy_layers=0)))
+    agent.configure_model()
+    policy, d = agent.action_space.latent.policy, agent.action_space.latent.codebook.weight.shape[1]
+    assert len(policy.blocks) == 0 and sum(p.numel() for p in policy.parameters()) == d * 8 + d
+    pool = EnvPool("numberline", 3, seed=1)
+    pool.reset()
+    first = agent.decide(pool.states, pool.task_description, greedy=True, rng=np.random.default_rng(0))
+    again = agent.decide(pool.states, pool.task_description, greedy=True, rng=np.random.default_rng(5))
+    assert all(torch.equal(a.sample["codes"], b.sample["codes"]) for a, b in zip(first, again))
+    d0 = first[0]
+    ev = agent.action_space.evaluate(agent.policy, [d0.sample], with_entropy=False)  # the cached decode scored what one pass scores
+    assert ev.logprobs[0].item() == pytest.approx(d0.logprob, abs=1e-5)
+    head = policy.head.weight.detach().clone()
+    rec = LossRecorder(agent)
+    cpu_trainer(tmp_path).fit(agent, tiny_data())
+    assert rec.stats[0]["ratio_max_abs_log"] < 1e-4 and not torch.equal(head, policy.head.weight.detach())
+
+
 def test_text_only_prompts_act_through_the_projector(ckpt):
     agent = module(ckpt, with_image=False)
     agent.configure_model()

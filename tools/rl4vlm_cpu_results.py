@@ -11,7 +11,8 @@ actions from the SFT checkpoint, and held-out tests of both checkpoints; then a 
 swapped, after the latent space's four pretraining stages on the seed's demonstrations), and
 ``latent_ppo_no_cycle`` / ``latent_ppo_no_projector`` / ``latent_ppo_no_text`` over the paper's ablated spaces
 (and ``latent_ppo_alfworld``, ``..._alfworld_no_cycle``, ``..._alfworld_no_projector``: the same with ALFWorld
-expert transcripts as more text-only data, text that differs from the paired data);
+expert transcripts as more text-only data, text that differs from the paired data; ``latent_ppo_head``: a
+linear code policy, ``policy_layers: 0``, beyond the paper);
 the report then adds a table of the algorithms side by side and a picture of their held-out curves.
 
 Every stage is the README's own command (``python -m selu_lightning.data.collect``, ``selu fit``,
@@ -96,7 +97,11 @@ LATENT_ABLATIONS = {
     "alfworld": [TRANSCRIPTS],
     "alfworld_no_cycle": [TRANSCRIPTS, "--model.cycle_coef=0"],
     "alfworld_no_projector": [TRANSCRIPTS, "--model.text_states=raw"],
+    "head": ["--model.policy_layers=0"],
 }
+#: Ablations that resize the space: every stage takes their options (a stage loads the one before strictly).
+#: ``head``: a linear code policy on the VLM's hidden state (no causal layers), beyond the paper.
+EVERY_STAGE = {"head"}
 #: ALFWorld expert episodes collected per seed as transcripts (about 6 steps each, prompts of about 650 tokens).
 TRANSCRIPT_EPISODES = 100
 LATENT_ALGORITHMS = ("latent_ppo", "latent_grpo", *(f"latent_ppo_{a}" for a in LATENT_ABLATIONS))
@@ -121,10 +126,11 @@ def latent_space(
     stages: Stages, work: Path, env: str, demos: Path, sft_last: Path, seeds: list[str], ablation: str | None = None
 ) -> Path:
     """The latent space on the SFT checkpoint, stage after stage; returns the last stage's checkpoint. An
-    ablated space shares the first two stages and redoes the rest with the ablation's options."""
+    ablated space shares the first two stages and redoes the rest with the ablation's options (all four for
+    the ``EVERY_STAGE`` ones)."""
     previous: Path | None = None
     for stage in LATENT_STAGES:
-        ablated = ablation is not None and stage in ("joint", "policy_bc")
+        ablated = ablation is not None and (stage in ("joint", "policy_bc") or ablation in EVERY_STAGE)
         name = f"latent_{ablation}_{stage}" if ablated else f"latent_{stage}"
         out = work / name
         start = [f"--model.latent_init={previous}"] if previous else []

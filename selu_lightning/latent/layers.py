@@ -74,7 +74,8 @@ class CausalBlock(nn.Module):
 
 
 class CodeStack(nn.Module):
-    """``layers`` causal blocks on h -> RMSNorm -> Linear(d, K): code logits at every position (fp32)."""
+    """``layers`` causal blocks on h -> RMSNorm -> Linear(d, K): code logits at every position (fp32). With 0
+    layers a position's logits read only its own h, which the VLM has already computed from the whole context."""
 
     def __init__(self, hidden_size: int, num_codes: int, layers: int, heads: int, ffn_size: int, eps: float) -> None:
         super().__init__()

@@ -108,7 +108,8 @@ class LatentActionPretrain(VLMAgent):
             latent_init: The previous stage's checkpoint (null: a fresh space; only sensible for ``idm_warmup``).
             num_codes: K, the number of latent actions (the paper: 128).
             idm_layers: Causal layers of the inverse dynamics model (the paper: 4).
-            policy_layers: Causal layers of the code policy (the paper: 8).
+            policy_layers: Causal layers of the code policy (the paper: 8; 0: a linear code head on the VLM's
+                hidden state, far fewer parameters for RL to train).
             merge_layers: Gated residual MLPs merging the code into h (the paper: 2).
             tau: Gumbel-softmax temperature of the IDM's codes (the paper: 2.0).
             readout: The world model's read-out, the same in every stage and at RL time: ``additive``
