@@ -216,8 +216,37 @@ class _EpisodeCatcher:
     """Test double for the module a DemonstrationDataModule feeds: keeps the episodes it is handed."""
 
     def build_train_data(self, episodes):
-        self.episodes = episodes
-        return episodes
+        self.episodes = list(episodes)
+        return self.episodes
+
+
+class _StreamChecker:
+    """Test double for the module a DemonstrationDataModule feeds: takes the episodes one at a time, drops each,
+    and records whether the one before it was freed by then (nothing upstream holds on to read frames)."""
+
+    def build_train_data(self, episodes):
+        import gc
+        import weakref
+
+        self.freed, previous = [], None
+        for trajectory in episodes:
+            gc.collect()
+            if previous is not None:
+                self.freed.append(previous() is None)
+            previous = weakref.ref(trajectory.steps[0].frame)
+            del trajectory
+        return None
+
+
+def test_demonstrations_stream_from_the_store_one_episode_at_a_time(store):
+    """The store's frames are never all in memory at once: each episode is freed once the module is done with it."""
+    from types import SimpleNamespace
+
+    data = DemonstrationDataModule(str(store), env="numberline", num_envs=4, val_episodes=4)
+    checker = _StreamChecker()
+    data.trainer = SimpleNamespace(lightning_module=checker)
+    data.train_dataloader()
+    assert len(checker.freed) == 1 and all(checker.freed)  # the store's 2 episodes, the first freed before the second
 
 
 def test_text_only_stores_join_as_transcripts_of_another_env(tmp_path, store):

@@ -9,7 +9,9 @@ other tasks widen a latent action space's text coverage. The stores' ground-trut
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
+from collections.abc import Iterator
 from typing import Any
 
 from selu_lightning.data.rollout import RolloutDataModule
@@ -49,7 +51,9 @@ class DemonstrationDataModule(RolloutDataModule):
         self._demo_loader: Any = None
 
     def train_dataloader(self) -> Any:
-        """The stored episodes as the module's examples, built once (the loader reshuffles every epoch)."""
+        """The stored episodes as the module's examples, built once (the loader reshuffles every epoch). The
+        episodes stream from the stores into ``build_train_data``, so a step's frame is dropped once it is encoded
+        and the whole store's frames are never in memory together."""
         if self._demo_loader is None:
             store = TrajectoryStore(self.demonstrations)
             episodes = _episodes(store, "data.demonstrations")
@@ -57,19 +61,21 @@ class DemonstrationDataModule(RolloutDataModule):
             if recorded_env not in (None, self.env):
                 raise ConfigError(f"data.demonstrations were recorded in env {recorded_env!r}, data.env is {self.env!r}")
             if self.max_episodes is not None:
-                episodes = episodes[: self.max_episodes]
-            for path in self.text_only:
-                episodes += [without_frames(t) for t in _episodes(TrajectoryStore(path), "data.text_only")]
-            self._demo_loader = self.trainer.lightning_module.build_train_data(episodes)
+                episodes = itertools.islice(episodes, self.max_episodes)
+            transcripts = [map(without_frames, _episodes(TrajectoryStore(p), "data.text_only")) for p in self.text_only]
+            module = self.trainer.lightning_module
+            self._demo_loader = module.build_train_data(itertools.chain(episodes, *transcripts))
         return self._demo_loader
 
 
-def _episodes(store: TrajectoryStore, option: str) -> list[Trajectory]:
-    """The store's episodes without ground truth; a missing store is a one-line config error naming the option."""
+def _episodes(store: TrajectoryStore, option: str) -> Iterator[Trajectory]:
+    """The store's episodes without ground truth, streamed; a missing store is a one-line config error naming
+    the option (raised here, before anything is read)."""
     try:
-        return list(store.iter_trajectories())
+        store.data_files()
     except FileNotFoundError as err:
         raise ConfigError(f"{option}: {err}") from None
+    return store.iter_trajectories()
 
 
 def without_frames(trajectory: Trajectory) -> Trajectory:
