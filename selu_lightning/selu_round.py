@@ -26,16 +26,22 @@ folder (``<out>/<name>/settings.json``): both refused in one line.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
+import itertools
 import json
 import os
 import shutil
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from selu_lightning.errors import ConfigError
+
+if TYPE_CHECKING:
+    from selu_lightning.data.trajectories import Trajectory
 
 __all__ = ["RoundConfig", "PriorConfig", "VARIANTS", "run_rounds", "parse_args", "main"]
 
@@ -370,12 +376,18 @@ def run_rounds(cfg: RoundConfig) -> dict[str, Any]:
         def label(d: str) -> dict[str, Any]:
             from selu_lightning.critic.actor_data import actor_episodes
 
-            trajectories = [t for p in episodes for t in TrajectoryStore(p).iter_trajectories(with_ground_truth=True)]
+            # The critic judges final observations: the steps' frames are not held while it labels, and the
+            # episodes it keeps are read again, with their frames, a chunk at a time into the actor's store.
+            trajectories = [_without_step_frames(t) for p in episodes
+                            for t in TrajectoryStore(p).iter_trajectories(with_ground_truth=True)]  # fmt: skip
             accepted, stats = _accepted(run, cfg, critic, critic_args, trajectories, d)
-            kept = actor_episodes(trajectories, accepted)
-            if kept:
-                TrajectoryStore(os.path.join(d, "actor_data"), env=_env_of(cfg.actor)).append(kept)
-            return stats | {"actor_episodes": len(kept)}
+            del trajectories
+            store, kept = TrajectoryStore(os.path.join(d, "actor_data"), env=_env_of(cfg.actor)), 0
+            for chunk in _chunks((t for p in episodes for t in TrajectoryStore(p).iter_trajectories()), 64):
+                chosen = actor_episodes(chunk, accepted)
+                store.append(chosen)
+                kept += len(chosen)
+            return stats | {"actor_episodes": kept}
 
         if cfg.actor_update == "ppo":  # the critic's verdict is the reward; the env's is never learned from
             actor = Stage(out, f"{here}/actor").run(lambda d: {"checkpoint": run.fit(cfg.ppo, d, [
@@ -425,6 +437,17 @@ def _accepted(run: _Runner, cfg: RoundConfig, critic: str | None, critic_args: l
     examples, stats = model.label([judged_view(t) for t in trajectories])
     kept = {k: float(x) for k, x in stats.as_metrics("").items()}
     return accepted_instructions(examples), kept
+
+
+def _without_step_frames(trajectory: Trajectory) -> Trajectory:
+    """The episode as the critic reads it when labeling: the final frame and every text, no step frames."""
+    return dataclasses.replace(trajectory, steps=[dataclasses.replace(s, frame=None) for s in trajectory.steps])
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
 
 
 def _critic_scores(metrics: dict[str, float]) -> dict[str, float]:
