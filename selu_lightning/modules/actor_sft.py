@@ -12,7 +12,7 @@ Its checkpoint starts an ActorPPO run through ``model.policy.init_from``.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Sequence
+from typing import Any, Iterable, Literal, Sequence
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
@@ -63,9 +63,10 @@ class ActorSFT(VLMAgent):
 
     # ------------------------------------------------------------------ episodes -> examples
     def build_train_data(self, episodes: Any) -> DataLoader:
-        """Examples from every step of the given episodes (a list of Trajectory, or a Rollout's finished
-        ones), shuffled each epoch with a seeded generator. Built once per set of episodes."""
-        trajectories: Sequence[Trajectory] = getattr(episodes, "trajectories", episodes)
+        """Examples from every step of the given episodes (Trajectories, read once in order: a list or a stream
+        from a store; or a Rollout's finished ones), shuffled each epoch with a seeded generator. Built once per
+        set of episodes."""
+        trajectories: Iterable[Trajectory] = getattr(episodes, "trajectories", episodes)
         examples = [self._example(step) for traj in trajectories for step in traj.steps]
         if not examples:
             raise ConfigError("ActorSFT got no demonstration steps to train on")

@@ -29,7 +29,7 @@ codes over the epoch, this rank's; no collective at epoch end) and a TensorBoard
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import numpy as np
@@ -184,9 +184,10 @@ class LatentActionPretrain(VLMAgent):
 
     # ------------------------------------------------------------------ episodes -> examples
     def build_train_data(self, episodes: Any) -> DataLoader:
-        """Paired and text-only examples from the episodes' steps; a seeded shuffle per epoch. Stages that mix
-        draw the text half of every batch from a seeded generator."""
-        trajectories: Sequence[Trajectory] = getattr(episodes, "trajectories", episodes)
+        """Paired and text-only examples from the episodes' steps (Trajectories read once in order, or a
+        Rollout's finished ones); a seeded shuffle per epoch. Stages that mix draw the text half of every batch
+        from a seeded generator."""
+        trajectories: Iterable[Trajectory] = getattr(episodes, "trajectories", episodes)
         paired, text = [], []
         for traj in trajectories:
             for step in traj.steps:
