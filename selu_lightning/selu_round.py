@@ -26,7 +26,6 @@ folder (``<out>/<name>/settings.json``): both refused in one line.
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import itertools
 import json
@@ -36,12 +35,9 @@ import sys
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import Any, Callable, Literal
 
 from selu_lightning.errors import ConfigError
-
-if TYPE_CHECKING:
-    from selu_lightning.data.trajectories import Trajectory
 
 __all__ = ["RoundConfig", "PriorConfig", "VARIANTS", "run_rounds", "parse_args", "main"]
 
@@ -375,10 +371,11 @@ def run_rounds(cfg: RoundConfig) -> dict[str, Any]:
 
         def label(d: str) -> dict[str, Any]:
             from selu_lightning.critic.actor_data import actor_episodes
+            from selu_lightning.data.demonstrations import without_frames
 
             # The critic judges final observations: the steps' frames are not held while it labels, and the
             # episodes it keeps are read again, with their frames, a chunk at a time into the actor's store.
-            trajectories = [_without_step_frames(t) for p in episodes
+            trajectories = [without_frames(t, keep_final_frame=True) for p in episodes
                             for t in TrajectoryStore(p).iter_trajectories(with_ground_truth=True)]  # fmt: skip
             accepted, stats = _accepted(run, cfg, critic, critic_args, trajectories, d)
             del trajectories
@@ -437,11 +434,6 @@ def _accepted(run: _Runner, cfg: RoundConfig, critic: str | None, critic_args: l
     examples, stats = model.label([judged_view(t) for t in trajectories])
     kept = {k: float(x) for k, x in stats.as_metrics("").items()}
     return accepted_instructions(examples), kept
-
-
-def _without_step_frames(trajectory: Trajectory) -> Trajectory:
-    """The episode as the critic reads it when labeling: the final frame and every text, no step frames."""
-    return dataclasses.replace(trajectory, steps=[dataclasses.replace(s, frame=None) for s in trajectory.steps])
 
 
 def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:

@@ -78,7 +78,8 @@ def _episodes(store: TrajectoryStore, option: str) -> Iterator[Trajectory]:
     return store.iter_trajectories()
 
 
-def without_frames(trajectory: Trajectory) -> Trajectory:
-    """The episode as a transcript: every step's frame (and the final frame) removed, the text kept."""
+def without_frames(trajectory: Trajectory, keep_final_frame: bool = False) -> Trajectory:
+    """The episode as a transcript: every step's frame (and the final frame, unless kept) removed, the text kept."""
     steps = [dataclasses.replace(step, frame=None) for step in trajectory.steps]
-    return dataclasses.replace(trajectory, steps=steps, final_frame=None)
+    final = trajectory.final_frame if keep_final_frame else None
+    return dataclasses.replace(trajectory, steps=steps, final_frame=final)
