@@ -165,8 +165,9 @@ def _picture(values: Any, path: Path, ppo: list[list[tuple[int, float]]]) -> Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3 if ppo else 2, figsize=(16 if ppo else 11, 3.6))
+    fig, axes = plt.subplots(1, 4 if ppo else 3, figsize=(20 if ppo else 15, 3.6))
     for ax, (key, title) in zip(axes, [("critic_accuracy", "critic accuracy (held-out)"),
+                                       ("critic_auroc", "critic AUROC (held-out)"),
                                        ("actor_success", "actor success (held-out)")]):  # fmt: skip
         cols = [c for c in COLUMNS if values(c, key)]
         means = [100 * mean(values(c, key)) for c in cols]
@@ -176,18 +177,22 @@ def _picture(values: Any, path: Path, ppo: list[list[tuple[int, float]]]) -> Non
         ax.set_title(title)
         ax.set_ylabel("points")
     if ppo:
-        ax = axes[2]
+        ax = axes[3]
         for k, curve in enumerate(ppo):
-            ax.plot([s for s, _ in curve], [100 * v for _, v in curve], marker="o", label="PPO on the critic's reward"
+            ax.plot([s for s, _ in curve], [100 * v for _, v in curve], marker="o", label="PPO on the critic's reward (validation episodes)"
                     if k == 0 else None, color="#47a")  # fmt: skip
         for name, color in (("selu", "#4a7"), ("base", "#888")):
             if values(name, "actor_success"):
                 ax.axhline(100 * mean(values(name, "actor_success")), ls="--", color=color,
-                           label="SFT route (SELU)" if name == "selu" else "base actor")  # fmt: skip
-        ax.set_title("actor: held-out success (validation seeds)")
+                           label="SFT route (SELU), test episodes" if name == "selu" else "base actor, test episodes")  # fmt: skip
+        if values("selu_ppo", "actor_success"):  # where PPO ended on the same test episodes as the lines
+            last = max(s for curve in ppo for s, _ in curve)
+            ax.plot([last], [100 * mean(values("selu_ppo", "actor_success"))], marker="X", ms=10, ls="", color="#47a",
+                    label="PPO's end, test episodes")  # fmt: skip
+        ax.set_title("actor: held-out success during PPO")
         ax.set_xlabel("env steps of PPO")
         ax.set_ylabel("points")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="best")
     fig.suptitle("SELU on VirtualHome (tiny LLaVA, 2 CPU cores; seeds' mean and std)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
