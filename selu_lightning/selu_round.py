@@ -22,10 +22,18 @@ round's scores against the round), and writes ``stage.json`` when it ends. A rer
 restarts an unfinished one from its beginning; ``--rounds`` can grow between runs. The settings the shared
 stages depend on cannot change on one output folder (``<out>/settings.json``), nor a run's own settings on its
 folder (``<out>/<name>/settings.json``): both refused in one line.
+
+Several GPUs or nodes: launch one ``selu-round`` per GPU with torchrun (``torchrun --nproc_per_node=8
+$(which selu-round) -c ...``) and give the stage configs ``trainer.devices`` to match. Every process runs every
+Lightning stage as one DDP rank; what is not a Lightning stage (the prior's scripted episodes, the critic's
+labeling, the bookkeeping) runs on rank 0 while the others wait, and its result is shared. Without torchrun a
+stage whose trainer would start more than one process is refused: Lightning's launcher would start copies of
+``selu-round``, not of the stage.
 """
 
 from __future__ import annotations
 
+import functools
 import glob
 import itertools
 import json
@@ -137,9 +145,59 @@ class RoundConfig:
                 raise ConfigError(f"{key}: no config file {getattr(self, key)!r}")
 
 
+# ---------------------------------------------------------------------------------------------------- ranks
+def launched_ranks() -> tuple[int, int]:
+    """(rank, world size) of this process among torchrun's (``RANK``, ``WORLD_SIZE``); (0, 1) without torchrun."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def start_process_group() -> None:
+    """Under torchrun, join the process group before the first stage (rank 0's stages are waited for on it);
+    Lightning's trainers find it started and use it. CPU objects travel over gloo, CUDA tensors over NCCL."""
+    import torch
+    import torch.distributed as dist
+
+    if launched_ranks()[1] == 1 or dist.is_initialized():
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("cpu:gloo,cuda:nccl")
+    else:
+        dist.init_process_group("gloo")
+
+
+def from_rank0(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank (a barrier too); the value itself with one process."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def on_rank0(body: Callable[[], Any]) -> Any:
+    """``body()`` run by rank 0 only, its result (or its error) shared with every rank."""
+    outcome: tuple[Any, BaseException | None] = (None, None)
+    if launched_ranks()[0] == 0:
+        try:
+            outcome = (body(), None)
+        except Exception as err:  # noqa: BLE001 (raised again below, on every rank)
+            outcome = (None, err)
+    result, error = from_rank0(outcome)
+    if error is not None:
+        raise error
+    return result
+
+
 # ---------------------------------------------------------------------------------------------------- stages
 class Stage:
-    """A folder that is finished iff it holds ``stage.json`` (its outputs); an unfinished one is emptied."""
+    """A folder that is finished iff it holds ``stage.json`` (its outputs); an unfinished one is emptied.
+
+    With several ranks, rank 0 decides whether the stage is done, prepares and marks its folder; ``every_rank``
+    bodies (Lightning stages: each rank is one DDP process) run on every rank, the others on rank 0 only.
+    Every rank returns rank 0's result."""
 
     def __init__(self, root: str, name: str) -> None:
         self.name, self.dir = name, os.path.join(root, name)
@@ -151,21 +209,34 @@ class Stage:
                 return json.load(f)
         return None
 
-    def run(self, body: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
-        found = self.done()
+    def run(self, body: Callable[[str], dict[str, Any]], *, every_rank: bool = False) -> dict[str, Any]:
+        rank0 = launched_ranks()[0] == 0
+        found = from_rank0(self.done())
         if found is not None:
-            print(f"selu-round: {self.name}: done before, skipped", flush=True)
+            if rank0:
+                print(f"selu-round: {self.name}: done before, skipped", flush=True)
             return found
-        shutil.rmtree(self.dir, ignore_errors=True)  # killed mid-stage: start it again from nothing
-        os.makedirs(self.dir)
-        print(f"selu-round: {self.name}: started", flush=True)
+
+        def prepare() -> None:
+            shutil.rmtree(self.dir, ignore_errors=True)  # killed mid-stage: start it again from nothing
+            os.makedirs(self.dir)
+            print(f"selu-round: {self.name}: started", flush=True)
+
+        on_rank0(prepare)
         start = time.monotonic()
-        result = body(self.dir) | {"seconds": round(time.monotonic() - start, 1)}
-        tmp = self.marker + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(result, f, indent=1)
-        os.replace(tmp, self.marker)
-        print(f"selu-round: {self.name}: done in {result['seconds']:.0f} s {_brief(result)}", flush=True)
+        if every_rank:
+            result = from_rank0(body(self.dir) | {"seconds": round(time.monotonic() - start, 1)})
+        else:
+            result = on_rank0(lambda: body(self.dir) | {"seconds": round(time.monotonic() - start, 1)})
+
+        def mark() -> None:
+            tmp = self.marker + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(result, f, indent=1)
+            os.replace(tmp, self.marker)
+            print(f"selu-round: {self.name}: done in {result['seconds']:.0f} s {_brief(result)}", flush=True)
+
+        on_rank0(mark)
         return result
 
 
@@ -240,14 +311,12 @@ class _Runner:
         return args
 
     def cli(self, command: str | None, config: str, stage_dir: str, args: list[str]) -> Any:
-        from selu_lightning.cli import SeluCLI
-
         argv = ([command] if command else []) + ["-c", config, *self._common(stage_dir), *args]
         if command == "fit":
             argv.append("--trainer.enable_model_summary=false")
         saved, sys.argv = sys.argv, sys.argv[:1]  # the stage's arguments are all in argv, not selu-round's
         try:
-            return SeluCLI(argv, run=command is not None)
+            return _stage_cli()(argv, run=command is not None)
         finally:
             sys.argv = saved
 
@@ -266,6 +335,37 @@ class _Runner:
         self.cli("predict", config, stage_dir, args)
 
 
+@functools.cache
+def _stage_cli() -> type:
+    """The stages' CLI class (built on first use: Lightning is imported late, so ``--help`` is quick)."""
+    from selu_lightning.cli import SeluCLI
+
+    class StageCLI(SeluCLI):
+        """A stage's CLI: refuses, before anything runs, a trainer that would start processes of its own."""
+
+        def _one_process_each(self) -> None:
+            environment = getattr(self.trainer.strategy, "cluster_environment", None)
+            if self.trainer.world_size > 1 and not (environment and environment.creates_processes_externally):
+                raise ConfigError(
+                    f"a stage's trainer would start {self.trainer.world_size} processes itself, and they would run "
+                    "selu-round again, not the stage: launch selu-round once per device instead, e.g. "
+                    "torchrun --nproc_per_node=N $(which selu-round) -c ... (see selu_lightning/selu_round.py)")
+
+        def before_fit(self) -> None:
+            self._one_process_each()
+            super().before_fit()
+
+        def before_test(self) -> None:
+            self._one_process_each()
+            super().before_test()
+
+        def before_predict(self) -> None:
+            self._one_process_each()
+            super().before_predict()
+
+    return StageCLI
+
+
 def _init(path: str | None) -> list[str]:
     return [f"--model.policy.init_from={path}"] if path else []
 
@@ -282,7 +382,7 @@ def run_rounds(cfg: RoundConfig) -> dict[str, Any]:
     from selu_lightning.data.store import TrajectoryStore
 
     tag = cfg.name or (cfg.variant if cfg.actor_update == "sft" else f"{cfg.variant}_ppo")
-    check_settings(cfg, tag)
+    on_rank0(lambda: check_settings(cfg, tag))
     run = _Runner(cfg)
     out, seed = cfg.out, cfg.seed
     no_val = ["--trainer.limit_val_batches=0"]
@@ -319,7 +419,7 @@ def run_rounds(cfg: RoundConfig) -> dict[str, Any]:
             critic = Stage(out, "prior/critic").run(lambda d: {"checkpoint": run.fit(cfg.critic, d, [
                 f"--data.trajectories={critic_store}", "--data.labels=scene", "--data.val_trajectories=null",
                 f"--trainer.max_epochs={prior.critic_epochs}", *no_val,
-            ])})["checkpoint"]  # fmt: skip
+            ])}, every_rank=True)["checkpoint"]  # fmt: skip
         if actor is None and prior.actor_epochs > 0:
             actor_kwargs = prior.env_kwargs if prior.actor_env_kwargs is None else prior.actor_env_kwargs
             if actor_kwargs != prior.env_kwargs or not os.path.isdir(critic_store):
@@ -328,22 +428,23 @@ def run_rounds(cfg: RoundConfig) -> dict[str, Any]:
             actor = Stage(out, "prior/actor").run(lambda d: {"checkpoint": run.fit(cfg.actor, d, [
                 f"--data.demonstrations={actor_store}", *_env_kwargs(cfg, actor_kwargs),
                 f"--trainer.max_epochs={prior.actor_epochs}", *no_val,
-            ])})["checkpoint"]  # fmt: skip
+            ])}, every_rank=True)["checkpoint"]  # fmt: skip
 
     heldout = Stage(out, "base/critic_heldout")
-    heldout.run(lambda d: actor_play(actor, d, cfg.critic_eval_episodes, seed + 7919) or {})
-    heldout_stores = stores_under(os.path.join(heldout.dir, "episodes"))
+    heldout.run(lambda d: actor_play(actor, d, cfg.critic_eval_episodes, seed + 7919) or {}, every_rank=True)
+    heldout_stores = json.dumps(stores_under(os.path.join(heldout.dir, "episodes")))  # one per rank that played
 
     def critic_test(checkpoint: str | None, d: str, extra: list[str] = ()) -> dict[str, float]:
-        return run.test(cfg.critic, d, [*_init(checkpoint), f"--data.test_trajectories={heldout_stores[0]}",
-                                        f"--data.trajectories={heldout_stores[0]}", *extra])  # fmt: skip
+        return run.test(cfg.critic, d, [*_init(checkpoint), f"--data.test_trajectories={heldout_stores}",
+                                        f"--data.trajectories={heldout_stores}", *extra])  # fmt: skip
 
     def actor_test(checkpoint: str | None, d: str, config: str = cfg.actor) -> dict[str, float]:
         return run.test(config, d, [*_init(checkpoint), *_env_kwargs(cfg), f"--data.seed={seed}",
                                        f"--data.test_episodes={cfg.eval_episodes}"])  # fmt: skip
 
-    base = {"actor_success": Stage(out, "base/actor_test").run(lambda d: actor_test(actor, d))["test/success_rate"]}
-    base |= _critic_scores(Stage(out, "base/critic_test").run(lambda d: critic_test(critic, d)))
+    base = {"actor_success": Stage(out, "base/actor_test").run(lambda d: actor_test(actor, d),
+                                                               every_rank=True)["test/success_rate"]}  # fmt: skip
+    base |= _critic_scores(Stage(out, "base/critic_test").run(lambda d: critic_test(critic, d), every_rank=True))
     results: dict[str, Any] = {"config": asdict(cfg), "base": base, "rounds": []}
 
     # -- the rounds
@@ -354,7 +455,7 @@ def run_rounds(cfg: RoundConfig) -> dict[str, Any]:
     for r in range(1, cfg.rounds + 1):
         # round 1's episodes come from the base actor: the same for every variant
         played = Stage(out, "round1/collect" if r == 1 else f"{tag}/round{r}/collect")
-        played.run(lambda d: actor_play(actor, d, cfg.episodes, seed + 1000 * r, actor_config) or {})
+        played.run(lambda d: actor_play(actor, d, cfg.episodes, seed + 1000 * r, actor_config) or {}, every_rank=True)
         episodes = stores_under(os.path.join(played.dir, "episodes"))
         here = f"{tag}/round{r}"
 
@@ -364,10 +465,11 @@ def run_rounds(cfg: RoundConfig) -> dict[str, Any]:
                 *_init(critic), *critic_args, f"--data.trajectories={json.dumps(episodes)}", f"--data.labels={labels}",
                 "--data.val_trajectories=null", f"--trainer.max_epochs={cfg.critic_epochs}", *no_val,
                 *cfg.critic_overrides,
-            ])})["checkpoint"]  # fmt: skip
+            ])}, every_rank=True)["checkpoint"]  # fmt: skip
         scores: dict[str, Any] = {"round": r}
         if v != "unfiltered":
-            scores |= _critic_scores(Stage(out, f"{here}/critic_test").run(lambda d: critic_test(critic, d, critic_args)))
+            scores |= _critic_scores(Stage(out, f"{here}/critic_test").run(lambda d: critic_test(critic, d, critic_args),
+                                                                           every_rank=True))  # fmt: skip
 
         def label(d: str) -> dict[str, Any]:
             from selu_lightning.critic.actor_data import actor_episodes
@@ -390,7 +492,7 @@ def run_rounds(cfg: RoundConfig) -> dict[str, Any]:
             actor = Stage(out, f"{here}/actor").run(lambda d: {"checkpoint": run.fit(cfg.ppo, d, [
                 *_init(actor), f"--model.reward.init_args.critic.init_args.policy.init_from={critic}",
                 *_env_kwargs(cfg), *cfg.ppo_overrides,
-            ])})["checkpoint"]  # fmt: skip
+            ])}, every_rank=True)["checkpoint"]  # fmt: skip
             actor_config = cfg.ppo
         else:
             labeled = Stage(out, f"{here}/label")
@@ -399,22 +501,27 @@ def run_rounds(cfg: RoundConfig) -> dict[str, Any]:
                 actor = Stage(out, f"{here}/actor").run(lambda d: {"checkpoint": run.fit(cfg.actor, d, [
                     *_init(actor), f"--data.demonstrations={os.path.join(labeled.dir, 'actor_data')}",
                     *_env_kwargs(cfg), f"--trainer.max_epochs={cfg.actor_epochs}", *no_val, *cfg.actor_overrides,
-                ])})["checkpoint"]  # fmt: skip
-            else:  # the critic accepted nothing: the actor stays as it was (and is scored again)
+                ])}, every_rank=True)["checkpoint"]  # fmt: skip
+            elif launched_ranks()[0] == 0:  # the critic accepted nothing: the actor stays as it was (scored again)
                 print(f"selu-round: {here}: the critic accepted none of the episodes; the actor is not fine-tuned",
                       flush=True)  # fmt: skip
-        scores["actor_success"] = Stage(out, f"{here}/actor_test").run(lambda d: actor_test(actor, d, actor_config))[
-            "test/success_rate"]  # fmt: skip
+        scores["actor_success"] = Stage(out, f"{here}/actor_test").run(lambda d: actor_test(actor, d, actor_config),
+                                                                       every_rank=True)["test/success_rate"]  # fmt: skip
         results["rounds"].append(scores)
-        _summary(out, tag, base, results["rounds"])
-        print(f"selu-round: {here}: " + " ".join(f"{k}={x}" for k, x in scores.items() if k != "round"), flush=True)
+        on_rank0(lambda: _summary(out, tag, base, results["rounds"]))
+        on_rank0(lambda: print(f"selu-round: {here}: " + " ".join(f"{k}={x}" for k, x in scores.items() if k != "round"),
+                               flush=True))  # fmt: skip
 
     path = os.path.join(out, tag, "results.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(results, f, indent=1)
-    os.replace(path + ".tmp", path)
-    print(f"selu-round: results in {path}", flush=True)
+    on_rank0(lambda: _write_json(path, results))
+    on_rank0(lambda: print(f"selu-round: results in {path}", flush=True))
     return results
+
+
+def _write_json(path: str, value: Any) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f, indent=1)
+    os.replace(path + ".tmp", path)
 
 
 def _accepted(run: _Runner, cfg: RoundConfig, critic: str | None, critic_args: list[str], trajectories: list,
@@ -429,9 +536,12 @@ def _accepted(run: _Runner, cfg: RoundConfig, critic: str | None, critic_args: l
     if cfg.variant == "oracle":
         ok = {t.episode_id: [t.goal] for t in trajectories if t.ground_truth.get("success")}
         return ok, {"accepted": len(ok)}
-    model = run.cli(None, cfg.critic, stage_dir, [*_init(critic), *critic_args]).model
+    trainer, model = (cli := run.cli(None, cfg.critic, stage_dir, [*_init(critic), *critic_args])).trainer, cli.model
     model.configure_model()
-    examples, stats = model.label([judged_view(t) for t in trajectories])
+    # The trainer's device and precision, as its fit would use them (a 7B critic does not label on a CPU).
+    model = trainer.precision_plugin.convert_module(model).to(trainer.strategy.root_device)
+    with trainer.precision_plugin.forward_context():
+        examples, stats = model.label([judged_view(t) for t in trajectories])
     kept = {k: float(x) for k, x in stats.as_metrics("").items()}
     return accepted_instructions(examples), kept
 
@@ -492,9 +602,11 @@ def main(argv: list[str] | None = None) -> None:
     quiet_noise()
     try:
         cfg = parse_args(argv)
-        message = apply_thread_policy(1)  # every stage runs in this one process
-        if message:
+        # every stage runs in this process; torchrun starts one per device
+        message = apply_thread_policy(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        if message and launched_ranks()[0] == 0:
             print(f"selu-round: {message}", flush=True)
+        start_process_group()
         run_rounds(cfg)
     except Exception as err:  # noqa: BLE001 (configuration errors: one line; anything else: the traceback)
         cause = _config_error_in(err)

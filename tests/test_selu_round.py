@@ -142,6 +142,55 @@ def test_a_virtualhome_round_runs_then_resumes_stage_by_stage(tmp_path, capsys):
     assert json.loads(Path(out, "oracle/results.json").read_text())["base"] == results["base"]
 
 
+def stage_configs(tmp_path: Path, **trainer) -> dict:
+    """Copies of the VirtualHome actor and critic configs with these trainer settings."""
+    paths = {}
+    for key in ("actor", "critic"):
+        config = yaml.safe_load((ROOT / f"configs/selu/{key}_virtualhome.yaml").read_text())
+        config["trainer"] |= trainer
+        paths[key] = tmp_path / f"{key}.yaml"
+        paths[key].write_text(yaml.safe_dump(config))
+    return {key: str(path) for key, path in paths.items()}
+
+
+@needs_virtualhome
+def test_a_stage_that_would_start_its_own_processes_is_refused(tmp_path, capsys):
+    """Lightning's launcher would start copies of selu-round, not of the stage: torchrun is the way."""
+    cfg = tiny_round(tmp_path, **stage_configs(tmp_path, devices=2, strategy="ddp"))
+    with pytest.raises(SystemExit) as refused:
+        run_round(tmp_path, cfg)
+    err = capsys.readouterr().err
+    assert refused.value.code == 2 and "would start 2 processes" in err and "torchrun" in err
+    assert not Path(cfg["out"], "prior/critic/stage.json").exists()
+
+
+@pytest.mark.slow
+@needs_virtualhome
+def test_a_round_under_torchrun_on_two_processes(tmp_path):
+    """Two CPU processes (gloo): every Lightning stage is one DDP fit/test/predict over both, the rest runs
+    on rank 0, and the round's outputs are those of one run."""
+    import os
+    import subprocess
+
+    cfg = tiny_round(tmp_path, **stage_configs(tmp_path, devices=2, strategy="ddp", enable_progress_bar=False),
+                     episodes=8, critic_eval_episodes=8)  # fmt: skip
+    path = tmp_path / "round.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = Path(cfg["out"])
+    for variant in ("selu", "unfiltered"):  # the critic's fit and labeling; the actor's SFT on every episode
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+               f"--master_port={20000 + os.getpid() % 20000}", "-m", "selu_lightning.selu_round", "-c", str(path),
+               f"--variant={variant}"]  # fmt: skip
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
+        (scores,) = json.loads((out / variant / "results.json").read_text())["rounds"]
+        assert 0.0 <= scores["actor_success"] <= 1.0
+        assert proc.stdout.count(f"selu-round: {variant}/round1/label: started") == 1  # once, on rank 0
+    assert sorted(p.name for p in (out / "round1/collect/episodes").iterdir()) == ["rank0", "rank1"]
+    assert json.loads((out / "selu/results.json").read_text())["rounds"][0]["episodes"] == 8  # both ranks' episodes
+    assert scores["actor_episodes"] == 8 and Path(out, "unfiltered/round1/actor/final.ckpt").is_file()
+
+
 @needs_virtualhome
 def test_ground_truth_reaches_no_critic_or_actor_example(tmp_path):
     """Invariant 7: with every episode's success flipped, the critic labels the same examples and hands the

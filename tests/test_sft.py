@@ -56,6 +56,32 @@ def test_training_examples_never_depend_on_ground_truth(tmp_path):
         assert torch.equal(x["response"], y["response"]) and torch.equal(x["prompt"]["input_ids"], y["prompt"]["input_ids"])
 
 
+def test_ranks_train_on_equal_disjoint_shares_of_the_steps():
+    """Under DDP each rank encodes every world-th step; a rank one short repeats one, so both serve as many
+    minibatches (one extra step on one rank would hang DDP) and an epoch is one pass over the data."""
+    from collections import Counter
+    from types import SimpleNamespace
+
+    for seed in range(20):  # an odd number of steps: one rank is one short
+        episodes = list(collect_expert_episodes("numberline", 3, noise=0.3, seed=seed))
+        total = sum(len(e.steps) for e in episodes)
+        if total % 2:
+            break
+    module = sft_module(minibatch_size=1000)
+    module.configure_model()
+    key = lambda s: (tuple(s["prompt"]["input_ids"].tolist()), tuple(s["response"].tolist()))  # noqa: E731
+    everything = [key(s) for s in next(iter(module.build_train_data(episodes)))["samples"]]
+    shares = []
+    for rank in (0, 1):
+        module._trainer = SimpleNamespace(global_rank=rank, world_size=2)
+        shares.append([key(s) for s in next(iter(module.build_train_data(episodes)))["samples"]])
+    module._trainer = None
+    assert len(everything) == total and total % 2 == 1
+    assert len(shares[0]) == len(shares[1]) == (total + 1) // 2
+    served, steps = Counter(shares[0]) + Counter(shares[1]), Counter(everything)
+    assert not steps - served and sum((served - steps).values()) == 1  # every step once, one of them twice
+
+
 def test_an_sft_checkpoint_starts_ppo_by_one_key(tmp_path):
     """model.policy.init_from loads the SFT weights; PPO's value head starts fresh; the first ratio is 1."""
     sft = sft_module(minibatch_size=8)

@@ -51,12 +51,17 @@ def _identity(batch: Any) -> Any:
     return batch
 
 
+def _listed(paths: str | list[str]) -> list[str]:
+    """One store folder or several (a recording by several ranks writes one per rank)."""
+    return [paths] if isinstance(paths, str) else list(paths)
+
+
 class CriticDataModule(L.LightningDataModule):
     def __init__(
         self,
         trajectories: str | list[str],
-        val_trajectories: str | None = None,
-        test_trajectories: str | None = None,
+        val_trajectories: str | list[str] | None = None,
+        test_trajectories: str | list[str] | None = None,
         env: str | None = None,
         max_episodes: int | None = None,
         eval_batch_size: int = 16,
@@ -65,7 +70,7 @@ class CriticDataModule(L.LightningDataModule):
         """
         Args:
             trajectories: TrajectoryStore folder(s) of the actor's episodes to learn from (ground truth not read).
-            val_trajectories: A store of held-out episodes scored against their ground truth (``val/critic_*``).
+            val_trajectories: Store(s) of held-out episodes scored against their ground truth (``val/critic_*``).
             test_trajectories: The same for ``selu test``.
             env: The env the stores must have been recorded in (null: not checked).
             max_episodes: Learn from the first this many stored episodes (null: all).
@@ -118,10 +123,11 @@ class CriticDataModule(L.LightningDataModule):
                 self._train_loader = module.build_train_data(episodes)
         return self._train_loader
 
-    def _eval_loader(self, path: str | None, key: str) -> DataLoader:
-        if path is None:
+    def _eval_loader(self, paths: str | list[str] | None, key: str) -> DataLoader:
+        if paths is None:
             raise ConfigError(f"data.{key} is not set: name a TrajectoryStore of held-out episodes")
-        episodes = self._open(path, key).read(with_ground_truth=True)  # evaluation: the one ground-truth read
+        # evaluation: the one ground-truth read
+        episodes = [t for p in _listed(paths) for t in self._open(p, key).read(with_ground_truth=True)]
         return DataLoader(judged_batches(episodes, self.eval_batch_size), batch_size=None, collate_fn=_identity)
 
     def val_dataloader(self) -> Any:
@@ -136,7 +142,7 @@ class CriticDataModule(L.LightningDataModule):
         """The test store's episodes, judged without their ground truth (``selu predict``: p(yes) per episode)."""
         if self.test_store is None:
             raise ConfigError("data.test_trajectories is not set: name a TrajectoryStore to judge")
-        episodes = list(self._open(self.test_store, "test_trajectories").iter_trajectories())
+        episodes = [t for p in _listed(self.test_store) for t in self._open(p, "test_trajectories").iter_trajectories()]
         n = self.eval_batch_size
         batches = [JudgedEpisodes(episodes[k : k + n], None) for k in range(0, len(episodes), n)]
         return DataLoader(batches, batch_size=None, collate_fn=_identity)

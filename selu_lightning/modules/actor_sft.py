@@ -65,13 +65,23 @@ class ActorSFT(VLMAgent):
     def build_train_data(self, episodes: Any) -> DataLoader:
         """Examples from every step of the given episodes (Trajectories, read once in order: a list or a stream
         from a store; or a Rollout's finished ones), shuffled each epoch with a seeded generator. Built once per
-        set of episodes."""
+        set of episodes. With several ranks each encodes and trains on its own share of the steps (every
+        ``world``-th), all shares equally long (a rank one short repeats its first step: an extra minibatch on
+        one rank would hang DDP), so an epoch is one pass over the data, as on one process. A rollout is its
+        rank's own already and is not shared out."""
         trajectories: Iterable[Trajectory] = getattr(episodes, "trajectories", episodes)
-        examples = [self._example(step) for traj in trajectories for step in traj.steps]
-        if not examples:
-            raise ConfigError("ActorSFT got no demonstration steps to train on")
+        rank, world = (self.global_rank, self.trainer.world_size) if self._trainer is not None else (0, 1)
+        shares = 1 if hasattr(episodes, "trajectories") else world
+        examples, total = [], 0
+        for traj in trajectories:
+            for step in traj.steps:
+                if total % shares == rank % shares:
+                    examples.append(self._example(step))
+                total += 1
+        if total < shares or not examples:
+            raise ConfigError(f"ActorSFT got {total} demonstration steps to train on, for {shares} rank(s)")
+        examples += examples[: -(-total // shares) - len(examples)]
         self._check_lengths(examples)
-        rank = self.global_rank if self._trainer is not None else 0
         generator = torch.Generator().manual_seed(int(self.hparams.seed) * 1000003 + rank)
         return DataLoader(
             examples, batch_size=self.hparams.minibatch_size, shuffle=True, generator=generator,

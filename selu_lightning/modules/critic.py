@@ -20,6 +20,7 @@ Its checkpoint judges for ActorPPO through ``CriticReward`` (``model.policy.init
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Literal, Sequence
 
 import numpy as np
@@ -96,7 +97,9 @@ class SELUCritic(VLMAgent):
                 ``virtualhome``.
             questions: How questions are worded (per-verb templates, self-asking or direct).
             labeling: How the critic labels its own data (threshold, hindsight relabeling, negatives).
-            with_image: Show the final frame (SELU judges from the frame).
+            with_image: Show the final frame (SELU judges from the frame). Without it, full fine-tuning leaves the
+                vision tower and projector frozen: nothing reads them, and DDP needs a gradient for every
+                trainable parameter.
             observation_text: Also show the final observation's text (off in the paper: it states the scene).
             answer_max_new_tokens: Length limit of free-text (hindsight) answers.
             chunk_size: Most questions in one forward pass (bounds memory; verdicts are batched within it).
@@ -112,6 +115,8 @@ class SELUCritic(VLMAgent):
             max_nonfinite_steps: Optimizer steps with NaN/inf gradients are skipped; this many in a row stop the run.
             seed: Seeds the order of examples (with the rank).
         """
+        if not with_image and policy.lora is None:
+            policy = dataclasses.replace(policy, freeze=sorted({*policy.freeze, "vision_tower", "projector"}))
         super().__init__(policy, action_space=None)  # the critic judges; it never acts in an env
         self.save_own_hyperparameters(ignore=["policy", "questions", "labeling"])
         if policy.value_head_widths is not None:
