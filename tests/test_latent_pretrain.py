@@ -107,6 +107,27 @@ def test_joint_batches_are_half_paired_half_text_only(store):
         warmup.build_train_data(frameless)
 
 
+def test_each_ddp_rank_serves_its_own_share_of_the_paired_examples(store):
+    """Two ranks: equally many batches each, together every paired example (an epoch is one pass, not two)."""
+    from types import SimpleNamespace
+
+    from selu_lightning.data.store import TrajectoryStore
+
+    module = LatentActionPretrain(POLICY, "idm_warmup", minibatch_size=1000, **TINY_LATENT)
+    module.configure_model()
+    episodes = list(TrajectoryStore(store).iter_trajectories())
+    steps = sum(len(e.steps) for e in episodes)
+    shares = []
+    for rank in (0, 1):
+        module._trainer = SimpleNamespace(global_rank=rank, world_size=2)
+        shares.append(next(iter(module.build_train_data(episodes)))["paired"])
+    module._trainer = None
+    assert len(shares[0]) == len(shares[1]) == -(-steps // 2)
+    ids = [{tuple(s["prompt"]["input_ids"].tolist()) for s in share} for share in shares]
+    whole = {tuple(s["prompt"]["input_ids"].tolist()) for s in next(iter(module.build_train_data(episodes)))["paired"]}
+    assert ids[0] | ids[1] == whole
+
+
 def test_the_cycle_weight_is_a_real_knob(store):
     from selu_lightning.data.store import TrajectoryStore
 

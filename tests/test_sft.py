@@ -56,6 +56,16 @@ def test_training_examples_never_depend_on_ground_truth(tmp_path):
         assert torch.equal(x["response"], y["response"]) and torch.equal(x["prompt"]["input_ids"], y["prompt"]["input_ids"])
 
 
+def test_equal_share_by_hand():
+    from selu_lightning.modules.actor_sft import equal_share
+
+    assert equal_share(list("abcde"), 0, 2) == ["a", "c", "e"]
+    assert equal_share(list("abcde"), 1, 2) == ["b", "d", "b"]  # one short: its first item again
+    assert equal_share(list("abcdef"), 2, 3) == ["c", "f"]
+    with pytest.raises(ConfigError, match="cannot be shared"):
+        equal_share(list("ab"), 2, 3)
+
+
 def test_ranks_train_on_equal_disjoint_shares_of_the_steps():
     """Under DDP each rank encodes every world-th step; a rank one short repeats one, so both serve as many
     minibatches (one extra step on one rank would hang DDP) and an epoch is one pass over the data."""

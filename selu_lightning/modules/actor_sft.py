@@ -124,6 +124,16 @@ class ActorSFT(VLMAgent):
 
 
 # ---------------------------------------------------------------------- shared with the SELU critic
+def equal_share(items: Sequence[Any], rank: int, world: int) -> list[Any]:
+    """Rank ``rank``'s share of ``items``: every ``world``-th one from ``rank`` on, then its first ones again
+    until every rank's share is ``ceil(len(items) / world)`` long (ranks must serve equally many minibatches:
+    an extra step on one rank would hang DDP)."""
+    mine = list(items[rank::world])
+    if not mine:
+        raise ConfigError(f"{len(items)} examples cannot be shared among {world} ranks")
+    return mine + mine[: -(-len(items) // world) - len(mine)]
+
+
 def response_example(
     policy: VLMPolicy, text: str, frame: Any, response: str, with_image: bool
 ) -> dict[str, Any]:

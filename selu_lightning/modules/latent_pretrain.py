@@ -59,7 +59,7 @@ from selu_lightning.latent.model import (
 from selu_lightning.latent.projector import cycle_nll, gaussian_nll
 from selu_lightning.latent.views import SequenceView, sequence_view
 from selu_lightning.latent.world import Readout
-from selu_lightning.modules.actor_sft import response_example
+from selu_lightning.modules.actor_sft import equal_share, response_example
 from selu_lightning.modules.agent import VLMAgent, eval_mode
 from selu_lightning.policy.vlm import PolicyConfig
 
@@ -186,7 +186,8 @@ class LatentActionPretrain(VLMAgent):
     def build_train_data(self, episodes: Any) -> DataLoader:
         """Paired and text-only examples from the episodes' steps (Trajectories read once in order, or a
         Rollout's finished ones); a seeded shuffle per epoch. Stages that mix draw the text half of every batch
-        from a seeded generator."""
+        from a seeded generator. Under DDP each rank serves its own equal share of a stored set's primary
+        examples (:func:`equal_share`), so an epoch is one pass over them."""
         trajectories: Iterable[Trajectory] = getattr(episodes, "trajectories", episodes)
         paired, text = [], []
         for traj in trajectories:
@@ -202,7 +203,9 @@ class LatentActionPretrain(VLMAgent):
                               "and an action space with with_image: true")  # fmt: skip
         else:
             primary = paired
-        rank = self.global_rank if self._trainer is not None else 0
+        rank, world = (self.global_rank, self.trainer.world_size) if self._trainer is not None else (0, 1)
+        if world > 1 and not hasattr(episodes, "trajectories"):  # a stored set: each rank takes its own share
+            primary = equal_share(primary, rank, world)
         seed = int(self.hparams.seed) * 1000003 + rank
         size = self.hparams.minibatch_size
         half = (size + 1) // 2 if mixes else size
