@@ -80,7 +80,7 @@ class ActorSFT(VLMAgent):
                 total += 1
         if total < shares or not examples:
             raise ConfigError(f"ActorSFT got {total} demonstration steps to train on, for {shares} rank(s)")
-        examples += examples[: -(-total // shares) - len(examples)]
+        examples = padded_share(examples, total, shares)
         self._check_lengths(examples)
         generator = torch.Generator().manual_seed(int(self.hparams.seed) * 1000003 + rank)
         return DataLoader(
@@ -131,7 +131,13 @@ def equal_share(items: Sequence[Any], rank: int, world: int) -> list[Any]:
     mine = list(items[rank::world])
     if not mine:
         raise ConfigError(f"{len(items)} examples cannot be shared among {world} ranks")
-    return mine + mine[: -(-len(items) // world) - len(mine)]
+    return padded_share(mine, len(items), world)
+
+
+def padded_share(mine: list[Any], total: int, world: int) -> list[Any]:
+    """A rank's share of ``total`` items (``mine``, non-empty) with its first ones repeated to ``ceil(total /
+    world)``, the length of every rank's share."""
+    return mine + mine[: -(-total // world) - len(mine)]
 
 
 def response_example(
