@@ -166,6 +166,12 @@ def start_process_group() -> None:
         dist.init_process_group("gloo")
 
 
+def _say(message: str) -> None:
+    """A progress line, printed by rank 0 only (no collective: every rank may call it at any time)."""
+    if launched_ranks()[0] == 0:
+        print(f"selu-round: {message}", flush=True)
+
+
 def from_rank0(value: Any) -> Any:
     """Rank 0's ``value`` on every rank (a barrier too); the value itself with one process."""
     import torch.distributed as dist
@@ -210,11 +216,9 @@ class Stage:
         return None
 
     def run(self, body: Callable[[str], dict[str, Any]], *, every_rank: bool = False) -> dict[str, Any]:
-        rank0 = launched_ranks()[0] == 0
         found = from_rank0(self.done())
         if found is not None:
-            if rank0:
-                print(f"selu-round: {self.name}: done before, skipped", flush=True)
+            _say(f"{self.name}: done before, skipped")
             return found
 
         def prepare() -> None:
@@ -502,19 +506,17 @@ def run_rounds(cfg: RoundConfig) -> dict[str, Any]:
                     *_init(actor), f"--data.demonstrations={os.path.join(labeled.dir, 'actor_data')}",
                     *_env_kwargs(cfg), f"--trainer.max_epochs={cfg.actor_epochs}", *no_val, *cfg.actor_overrides,
                 ])}, every_rank=True)["checkpoint"]  # fmt: skip
-            elif launched_ranks()[0] == 0:  # the critic accepted nothing: the actor stays as it was (scored again)
-                print(f"selu-round: {here}: the critic accepted none of the episodes; the actor is not fine-tuned",
-                      flush=True)  # fmt: skip
+            else:  # the critic accepted nothing: the actor stays as it was (and is scored again)
+                _say(f"{here}: the critic accepted none of the episodes; the actor is not fine-tuned")
         scores["actor_success"] = Stage(out, f"{here}/actor_test").run(lambda d: actor_test(actor, d, actor_config),
                                                                        every_rank=True)["test/success_rate"]  # fmt: skip
         results["rounds"].append(scores)
         on_rank0(lambda: _summary(out, tag, base, results["rounds"]))
-        on_rank0(lambda: print(f"selu-round: {here}: " + " ".join(f"{k}={x}" for k, x in scores.items() if k != "round"),
-                               flush=True))  # fmt: skip
+        _say(f"{here}: " + " ".join(f"{k}={x}" for k, x in scores.items() if k != "round"))
 
     path = os.path.join(out, tag, "results.json")
     on_rank0(lambda: _write_json(path, results))
-    on_rank0(lambda: print(f"selu-round: results in {path}", flush=True))
+    _say(f"results in {path}")
     return results
 
 
