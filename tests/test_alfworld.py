@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -222,6 +223,30 @@ def test_generated_games_are_solvable_deterministic_and_playable(tmp_path):
         assert terminated and last["success"] and reward == pytest.approx(51.0)
     finally:
         env.close()
+
+
+def test_generation_keeps_to_the_chosen_task_types(tmp_path):
+    written = generate_tasks(tmp_path, n_train=2, n_eval=1, seed=3, goal_types=["pick_and_place_simple"])
+    games = [json.loads(p.read_text()) for p in written["train"] + written["eval"]]
+    assert [g["selu_task"]["goal_type"] for g in games] == ["pick_and_place_simple"] * 3
+    with pytest.raises(ValueError, match="goal_types"):
+        generate_tasks(tmp_path / "bad", n_train=1, n_eval=0, goal_types=["pick_and_place"])
+
+
+def test_held_out_games_on_seen_or_unseen_floor_plans(tmp_path):
+    """ALFWorld's valid_seen / valid_unseen: held-out games in rooms training knows, or in rooms it never saw."""
+    from selu_lightning.envs.alfworld_tasks import _scenes
+
+    def scenes(paths):
+        return {int(re.search(r"FloorPlan(\d+)", p.name).group(1)) for p in paths}
+
+    kinds = ["pick_and_place_simple"]
+    seen = generate_tasks(tmp_path / "seen", 0, 2, seed=1, goal_types=kinds, eval_floor_plans="seen")["eval"]
+    unseen = generate_tasks(tmp_path / "unseen", 0, 2, seed=1, goal_types=kinds)["eval"]
+    assert scenes(seen) <= set(_scenes("train")) and scenes(unseen) <= set(_scenes("eval"))
+    assert not set(_scenes("train")) & set(_scenes("eval"))
+    with pytest.raises(ValueError, match="eval_floor_plans"):
+        generate_tasks(tmp_path / "bad", 0, 1, eval_floor_plans="valid_seen")
 
 
 def test_engine_caches_do_not_change_what_the_engine_says(tmp_path):

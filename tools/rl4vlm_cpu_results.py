@@ -55,7 +55,11 @@ RECIPES: dict[str, dict[str, Any]] = {
     "virtualhome": {"episodes": 300, "noise": 0.1, "sft": [], "test": ["--data.test_episodes=200"]},
     # A grid world (one mission kind, the bot's demonstrations); the SFT recipe run whole.
     "babyai": {"episodes": 300, "noise": 0.1, "sft": [], "test": ["--data.test_episodes=200"]},
+    # ALFWorld, one task type on games generated per seed folder (ALFWORLD_GAMES); the SFT recipe run whole.
+    "alfworld": {"episodes": 300, "noise": 0.1, "sft": [], "test": ["--data.test_episodes=200"]},
 }
+#: The ALFWorld recipes' games (their config headers' command): 80 to learn from, 40 held out on unseen floor plans.
+ALFWORLD_GAMES = ["--train", "80", "--eval", "40", "--types", "pick_and_place_simple"]
 QUIET = ["--trainer.enable_progress_bar=false"]
 
 
@@ -186,12 +190,19 @@ def one_seed(
     stages = Stages(work)
     demos, sft, sft_test = work / "demos", work / "sft", work / "sft_test"
     cfg = Path("configs/rl4vlm_cpu")
-    seeds = [f"--seed_everything={seed}", f"--data.seed={seed}"]
+    seeds = [f"--seed_everything={seed}", f"--data.seed={seed}"]  # options every stage of this seed passes
     d = RECIPES[env]
     noise = d["noise"] if noise is None else noise
+    collect_env: list[str] = []
+    if env == "alfworld":  # the recipes name a folder of generated games: this seed folder's own
+        games = work / "games"
+        stages.run("games", [sys.executable, "tools/make_alfworld_tasks.py", "--out", str(games), *ALFWORLD_GAMES],
+                   games)  # fmt: skip
+        seeds = [*seeds, f"--data.env_kwargs.tasks_dir={games}"]
+        collect_env = ["--env-kwargs", json.dumps({"tasks_dir": str(games)})]
     stages.run("collect", [sys.executable, "-m", "selu_lightning.data.collect", "--env", env, "--episodes",
                            str(d["episodes"]), "--noise", str(noise), "--seed", str(seed), "--out", str(demos),
-                           "--config", str(cfg / f"sft_{env}.yaml")], demos)  # fmt: skip
+                           "--config", str(cfg / f"sft_{env}.yaml"), *collect_env], demos)  # fmt: skip
     stages.run("sft", ["selu", "fit", "-c", str(cfg / f"sft_{env}.yaml"), f"--data.demonstrations={demos}",
                        f"--trainer.logger.init_args.save_dir={sft}", *seeds, *QUIET, *d["sft"], *extra_sft], sft)  # fmt: skip
     sft_last = newest_run(sft) / "checkpoints" / "last.ckpt"

@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -360,14 +360,23 @@ def solve_game(game: dict[str, Any]) -> list[str] | None:
 
 def generate_tasks(
     out_dir: str | os.PathLike, n_train: int, n_eval: int, seed: int = 0,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[str], None] | None = None, goal_types: Sequence[str] = GOAL_TYPES,
+    eval_floor_plans: str = "unseen",
 ) -> dict[str, list[Path]]:  # fmt: skip
     """Write ``n_train`` + ``n_eval`` solvable games under ``out_dir/{train,eval}/`` and return their paths.
 
-    Task types go round-robin (any six consecutive games hold all six types); train games use ALFRED's seen floor
-    plans, eval games its unseen ones. Game ``i`` of a split depends only on (seed, split, i): the same seed writes
-    the same files.
+    Task types go round-robin over ``goal_types`` (by default ALFWorld's six: any six consecutive games hold all
+    six); train games use ALFRED's seen floor plans, eval games its unseen ones (ALFWorld's ``valid_unseen``) or,
+    with ``eval_floor_plans="seen"``, new games on the seen ones (``valid_seen``: new object placements and tasks in
+    rooms training knows). Game ``i`` of a split depends only on (seed, split, i, its task type, its floor plans):
+    the same arguments write the same files.
     """
+    if eval_floor_plans not in ("seen", "unseen"):
+        raise ValueError(f"eval_floor_plans must be 'seen' or 'unseen'; got {eval_floor_plans!r}")
+    goal_types = tuple(goal_types)
+    unknown = sorted(set(goal_types) - set(GOAL_TYPES))
+    if not goal_types or unknown:
+        raise ValueError(f"goal_types must be some of {', '.join(GOAL_TYPES)}; got {list(goal_types)}")
     out = Path(out_dir)
     written: dict[str, list[Path]] = {}
     for split_id, (split, count) in enumerate((("train", n_train), ("eval", n_eval))):
@@ -375,10 +384,10 @@ def generate_tasks(
         folder.mkdir(parents=True, exist_ok=True)
         written[split] = []
         for i in range(count):
-            goal_type = GOAL_TYPES[i % len(GOAL_TYPES)]
+            goal_type = goal_types[i % len(goal_types)]
             rng = np.random.default_rng([seed, split_id, i])
             for attempt in range(200):
-                spec = sample_task(rng, goal_type, split)
+                spec = sample_task(rng, goal_type, "train" if eval_floor_plans == "seen" else split)
                 if spec is None:
                     continue
                 game = build_game(spec)
