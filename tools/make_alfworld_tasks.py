@@ -4,8 +4,9 @@
 
 Needs `pip install alfworld==0.4.2 textworld==1.7.0` and no internet: games are built from the PDDL domain, grammar,
 floor plans and object tables the alfworld wheel ships, and each is kept only if Fast Downward's plan wins it in the
-TextWorld engine. Task types go round-robin over ALFWorld's six (or those given with --types); train games use ALFRED's seen floor plans, eval games
-the unseen ones. The same seed writes the same games. Use them with ``data.env_kwargs: {tasks_dir: DIR}``.
+TextWorld engine. Task types go round-robin over ALFWorld's six (or those of --types); train games use ALFRED's seen
+floor plans, eval games the unseen ones (or, with --eval-floor-plans seen, new games on the seen ones). The same
+arguments write the same games. Use them with ``data.env_kwargs: {tasks_dir: DIR}``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output folder; games go to OUT/train and OUT/eval")
     parser.add_argument("--train", type=int, default=60, help="number of train games")
-    parser.add_argument("--eval", type=int, default=12, help="number of held-out games (unseen floor plans)")
+    parser.add_argument("--eval", type=int, default=12, help="number of held-out games (see --eval-floor-plans)")
     parser.add_argument("--seed", type=int, default=0, help="generation seed")
     parser.add_argument("--types", nargs="+", default=list(GOAL_TYPES), choices=GOAL_TYPES, metavar="TYPE",
                         help=f"task types, round-robin (default: all six: {', '.join(GOAL_TYPES)})")
