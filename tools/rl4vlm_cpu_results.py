@@ -190,7 +190,7 @@ def one_seed(
     stages = Stages(work)
     demos, sft, sft_test = work / "demos", work / "sft", work / "sft_test"
     cfg = Path("configs/rl4vlm_cpu")
-    seeds = [f"--seed_everything={seed}", f"--data.seed={seed}"]  # options every stage of this seed passes
+    common = [f"--seed_everything={seed}", f"--data.seed={seed}"]  # options every stage of this seed passes
     d = RECIPES[env]
     noise = d["noise"] if noise is None else noise
     collect_env: list[str] = []
@@ -198,16 +198,16 @@ def one_seed(
         games = work / "games"
         stages.run("games", [sys.executable, "tools/make_alfworld_tasks.py", "--out", str(games), *ALFWORLD_GAMES],
                    games)  # fmt: skip
-        seeds = [*seeds, f"--data.env_kwargs.tasks_dir={games}"]
+        common = [*common, f"--data.env_kwargs.tasks_dir={games}"]
         collect_env = ["--env-kwargs", json.dumps({"tasks_dir": str(games)})]
     stages.run("collect", [sys.executable, "-m", "selu_lightning.data.collect", "--env", env, "--episodes",
                            str(d["episodes"]), "--noise", str(noise), "--seed", str(seed), "--out", str(demos),
                            "--config", str(cfg / f"sft_{env}.yaml"), *collect_env], demos)  # fmt: skip
     stages.run("sft", ["selu", "fit", "-c", str(cfg / f"sft_{env}.yaml"), f"--data.demonstrations={demos}",
-                       f"--trainer.logger.init_args.save_dir={sft}", *seeds, *QUIET, *d["sft"], *extra_sft], sft)  # fmt: skip
+                       f"--trainer.logger.init_args.save_dir={sft}", *common, *QUIET, *d["sft"], *extra_sft], sft)  # fmt: skip
     sft_last = newest_run(sft) / "checkpoints" / "last.ckpt"
     stages.run("sft_test", ["selu", "test", "-c", str(cfg / f"sft_{env}.yaml"), f"--data.demonstrations={demos}",
-                            f"--ckpt_path={sft_last}", f"--trainer.logger.init_args.save_dir={sft_test}", *seeds,
+                            f"--ckpt_path={sft_last}", f"--trainer.logger.init_args.save_dir={sft_test}", *common,
                             *QUIET, *d["test"]], sft_test)  # fmt: skip
     row: dict[str, Any] = {"env": env, "seed": seed, "sft_test": test_scores(sft_test), "sft_run": str(newest_run(sft))}
     for algorithm in algorithms:
@@ -215,19 +215,19 @@ def one_seed(
         space = []
         if algorithm in LATENT_ALGORITHMS:
             space = [f"--model.action_space.init_args.latent_checkpoint="
-                     f"{latent_space(stages, work, env, demos, sft_last, seeds, latent_parts(algorithm)[1])}"]  # fmt: skip
+                     f"{latent_space(stages, work, env, demos, sft_last, common, latent_parts(algorithm)[1])}"]  # fmt: skip
         stages.run(algorithm, ["selu", "fit", "-c", str(cfg_rl), f"--model.policy.init_from={sft_last}", *space,
-                               f"--trainer.logger.init_args.save_dir={stage}", *seeds, *QUIET, *extra_ppo], stage)  # fmt: skip
+                               f"--trainer.logger.init_args.save_dir={stage}", *common, *QUIET, *extra_ppo], stage)  # fmt: skip
         last = newest_run(stage) / "checkpoints" / "last.ckpt"
         stages.run(f"{algorithm}_test", ["selu", "test", "-c", str(cfg_rl), f"--ckpt_path={last}",
                                          f"--model.policy.init_from={sft_last}", *space,
-                                         f"--trainer.logger.init_args.save_dir={test_dir}", *seeds, *QUIET,
+                                         f"--trainer.logger.init_args.save_dir={test_dir}", *common, *QUIET,
                                          *d["test"]], test_dir)  # fmt: skip
         row[f"{algorithm}_test"], row[f"{algorithm}_run"] = test_scores(test_dir), str(newest_run(stage))
         diversity = work / f"{algorithm}_diversity"
         stages.run(f"{algorithm}_diversity", [sys.executable, "tools/rollout_diversity.py", "-c", str(cfg_rl),
                                               f"--ckpt_path={last}", f"--out={diversity / 'diversity.json'}", "--",
-                                              f"--model.policy.init_from={sft_last}", *space, *seeds], diversity)  # fmt: skip
+                                              f"--model.policy.init_from={sft_last}", *space, *common], diversity)  # fmt: skip
         row[f"{algorithm}_diversity"] = json.loads((diversity / "diversity.json").read_text())
         row[f"{algorithm}_trained_parameters"] = trained_parameters(last)
     return {**row, "timings_s": stages.timings}
